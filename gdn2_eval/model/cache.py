@@ -1,0 +1,76 @@
+"""Generation cache: per GDN-2 layer the recurrent state and the short-conv states, per SWA layer the last
+`local_window - 1` keys and values. Its size is bounded whatever the length of the context."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+class GDN2Cache:
+    """State carried between forward calls, one row per batch row.
+
+    * ``seq_lens[b]``: real (non-pad) tokens row b has consumed; RoPE positions continue from there.
+    * ``seen_columns``: columns of the padded input consumed (what `generate` slices new tokens by).
+    * ``layers[i]``: for GDN-2 ``{"recurrent": [B, Hv, K, V] fp32, "conv": (q, k, v) each [B, 3, C]}``;
+      for SWA ``{"k": [B, P, Hkv, d], "v": ...}``, right-aligned: the last ``min(seq_lens[b], P)`` slots are real.
+    """
+
+    is_compileable = False
+
+    def __init__(self, num_layers: int, batch_size: int, device: torch.device | str) -> None:
+        self.layers: list[dict[str, Any]] = [{} for _ in range(num_layers)]
+        self.seq_lens = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.seen_columns = 0
+
+    @property
+    def batch_size(self) -> int:
+        return self.seq_lens.numel()
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.seen_columns
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def _map(self, fn) -> None:
+        def apply(v):
+            if isinstance(v, torch.Tensor):
+                return fn(v)
+            if isinstance(v, tuple):
+                return tuple(apply(x) for x in v)
+            return v
+
+        for layer in self.layers:
+            for key in list(layer):
+                layer[key] = apply(layer[key])
+        self.seq_lens = fn(self.seq_lens)
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        """Keep only the given rows (e.g. drop finished sequences from a batch)."""
+        self._map(lambda t: t.index_select(0, indices.to(t.device)))
+
+    def reorder_cache(self, beam_idx: torch.Tensor) -> None:
+        self.batch_select_indices(beam_idx)
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        self._map(lambda t: t.repeat_interleave(repeats, dim=0))
+
+    def copy(self) -> GDN2Cache:
+        """An independent copy (to score several continuations of one shared prefix)."""
+        new = GDN2Cache(len(self.layers), 0, self.seq_lens.device)
+        new.layers = [dict(layer) for layer in self.layers]
+        new.seq_lens = self.seq_lens
+        new.seen_columns = self.seen_columns
+        new._map(lambda t: t.clone())
+        return new
+
+    def nbytes(self) -> int:
+        total = 0
+        for layer in self.layers:
+            for v in layer.values():
+                for t in v if isinstance(v, tuple) else (v,):
+                    if isinstance(t, torch.Tensor):
+                        total += t.numel() * t.element_size()
+        return total

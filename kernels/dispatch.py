@@ -1,0 +1,152 @@
+"""The one place that picks which implementation runs the GDN-2 recurrence.
+
+Backends:
+* ``torch``  - plain PyTorch (chunkwise for prefill, token by token for decoding); any device.
+* ``fla``    - fla's ``chunk_gdn2`` / ``fused_recurrent_gdn2`` Triton kernels; CUDA only.
+* ``triton`` - this project's inference kernels (``gdn2_eval.kernels.gdn2.chunk`` / ``fused_recurrent``); CUDA only.
+
+``auto`` takes the best available for the device. A request comes from the model config (``kernel``) and can be
+overridden without touching the config through the ``GDN2_KERNEL`` environment variable.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Callable
+
+import torch
+
+from .gdn2.torch_impl import chunk_gdn2_torch, recurrent_gdn2_torch
+
+ENV_VAR = "GDN2_KERNEL"
+BACKENDS = ("auto", "triton", "fla", "torch")
+# Inputs up to this many tokens per sequence go through the token-by-token kernel (decoding, short continuations).
+RECURRENT_MAX_T = 16
+# Preference order for `auto` on CUDA.
+_CUDA_PREFERENCE = ("triton", "fla", "torch")
+
+
+def _has_module(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _triton_kernels_ready() -> bool:
+    return _has_module("triton") and _has_module("gdn2_eval.kernels.gdn2.chunk")
+
+
+def available_backends(device: torch.device | str) -> list[str]:
+    """Backends that can run on `device`, best first."""
+    if torch.device(device).type != "cuda":
+        return ["torch"]
+    ready = {"triton": _triton_kernels_ready(), "fla": _has_module("fla"), "torch": True}
+    return [name for name in _CUDA_PREFERENCE if ready[name]]
+
+
+def resolve_backend(requested: str | None, device: torch.device | str) -> str:
+    """Turn a request (config field, maybe overridden by $GDN2_KERNEL) into a concrete backend for `device`."""
+    choice = (os.environ.get(ENV_VAR) or requested or "auto").lower()
+    if choice not in BACKENDS:
+        raise ValueError(f"unknown GDN-2 kernel {choice!r}; choose one of {', '.join(BACKENDS)}")
+    usable = available_backends(device)
+    if choice == "auto":
+        return usable[0]
+    if choice not in usable:
+        why = "needs a CUDA device" if torch.device(device).type != "cuda" else "is not installed"
+        raise ValueError(f"GDN-2 kernel {choice!r} {why}; available here: {', '.join(usable)}")
+    return choice
+
+
+def _fla_ops() -> tuple[Callable, Callable]:
+    from fla.ops.gdn2 import chunk_gdn2, fused_recurrent_gdn2
+
+    def chunk(q, k, v, g, b, w, scale, initial_state, output_final_state, cu_seqlens, use_qk_l2norm):
+        return chunk_gdn2(
+            q,
+            k,
+            v,
+            g,
+            b,
+            w,
+            scale=scale,
+            initial_state=initial_state,
+            output_final_state=output_final_state,
+            use_qk_l2norm_in_kernel=use_qk_l2norm,
+            cu_seqlens=cu_seqlens,
+        )
+
+    def recurrent(q, k, v, g, b, w, scale, initial_state, output_final_state, cu_seqlens, use_qk_l2norm):
+        return fused_recurrent_gdn2(
+            q,
+            k,
+            v,
+            g,
+            b,
+            w,
+            scale=scale,
+            initial_state=initial_state,
+            output_final_state=output_final_state,
+            use_qk_l2norm_in_kernel=use_qk_l2norm,
+            cu_seqlens=cu_seqlens,
+        )
+
+    return chunk, recurrent
+
+
+def _triton_ops() -> tuple[Callable, Callable]:
+    from .gdn2.chunk import chunk_gdn2_fwd
+    from .gdn2.fused_recurrent import fused_recurrent_gdn2_fwd
+
+    return chunk_gdn2_fwd, fused_recurrent_gdn2_fwd
+
+
+def _ops(backend: str) -> tuple[Callable, Callable]:
+    if backend == "fla":
+        return _fla_ops()
+    if backend == "triton":
+        return _triton_ops()
+    return chunk_gdn2_torch, recurrent_gdn2_torch
+
+
+def gdn2_recurrence(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    b: torch.Tensor,
+    w: torch.Tensor,
+    *,
+    backend: str,
+    scale: float | None = None,
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+    cu_seqlens: torch.Tensor | None = None,
+    use_qk_l2norm: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Run the GDN-2 recurrence with a resolved `backend` (see `resolve_backend`).
+
+    q, k, g, b: [B, T, H, K]; v, w: [B, T, H, V]; g is the float32 log-decay; state [N, H, K, V] float32.
+    Returns (o [B, T, H, V] in v's dtype, final state or None).
+    """
+    chunk, recurrent = _ops(backend)
+    if cu_seqlens is None:
+        longest = q.shape[1]
+    else:
+        longest = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+    fn = recurrent if longest <= RECURRENT_MAX_T else chunk
+    return fn(
+        q,
+        k,
+        v,
+        g,
+        b,
+        w,
+        scale=scale,
+        initial_state=initial_state,
+        output_final_state=output_final_state,
+        cu_seqlens=cu_seqlens,
+        use_qk_l2norm=use_qk_l2norm,
+    )

@@ -1,0 +1,1 @@
+"""lm-eval task definitions shipped with gdn2-eval (imported as ``gdn2_eval.tasks``)."""

@@ -1,0 +1,135 @@
+"""Fixtures shared by the tests: tiny configs, a tokenizer built here, and checkpoints in the authors' layout."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+import gdn2_eval  # noqa: F401  (registers the model type)
+from gdn2_eval import GDN2Config, GDN2ForCausalLM
+
+# A hybrid in the authors' field names: GQA (2 query groups for 4 heads), window smaller than the test prompts.
+TINY_HYBRID_FIELDS = dict(
+    n_layer=4,
+    n_embd=64,
+    n_head=4,
+    n_query_groups=2,
+    gdn2_per_layer=2,
+    gdn2_num_heads=2,
+    gdn2_head_dim=16,
+    intermediate_size=96,
+    local_window=8,
+    vocab_size=250,
+    padding_multiple=64,
+    norm_eps=1e-5,
+)
+TINY_RECURRENT_FIELDS = dict(
+    n_layer=2,
+    n_embd=64,
+    n_head=4,
+    gdn2_per_layer=1,
+    gdn2_num_heads=4,
+    gdn2_head_dim=16,
+    intermediate_size=96,
+    vocab_size=256,
+    padding_multiple=64,
+)
+
+
+def tiny_config(kind: str = "hybrid", **overrides) -> GDN2Config:
+    fields = TINY_HYBRID_FIELDS if kind == "hybrid" else TINY_RECURRENT_FIELDS
+    return GDN2Config.from_authors(dict(fields), kernel="torch", **overrides)
+
+
+def tiny_model(kind: str = "hybrid", seed: int = 0, **overrides) -> GDN2ForCausalLM:
+    torch.manual_seed(seed)
+    model = GDN2ForCausalLM(tiny_config(kind, **overrides)).eval()
+    # Random gates far from their init so that every gate and decay matters in comparisons.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("A_log", "dt_bias")):
+                p.copy_(torch.randn_like(p) * 0.5)
+    return model
+
+
+def authors_state_dict(fields: dict, seed: int = 0, prefix: str = "") -> dict[str, torch.Tensor]:
+    """A random state dict laid out as the authors' checkpoints are (spec section 5), built from the spec alone."""
+    g = torch.Generator().manual_seed(seed)
+    D, L = fields["n_embd"], fields["n_layer"]
+    H, dk = fields["gdn2_num_heads"], fields["gdn2_head_dim"]
+    dv = dk * fields.get("gdn2_expand_v", 1)
+    nh = fields["n_head"]
+    ng = fields.get("n_query_groups") or nh
+    hd = D // nh
+    pm = fields.get("padding_multiple", 64)
+    V = math.ceil(fields["vocab_size"] / pm) * pm
+    inter = fields["intermediate_size"]
+
+    def r(*shape, scale=None):
+        scale = scale if scale is not None else 1 / math.sqrt(shape[-1])
+        return torch.randn(*shape, generator=g) * scale
+
+    sd = {
+        "transformer.wte.weight": r(V, D, scale=1.0),
+        "transformer.ln_f.weight": 1 + 0.1 * r(D, scale=1.0),
+        "lm_head.weight": r(V, D),
+    }
+    for i in range(L):
+        p = f"transformer.h.{i}."
+        sd[p + "norm_1.weight"] = 1 + 0.1 * r(D, scale=1.0)
+        sd[p + "norm_2.weight"] = 1 + 0.1 * r(D, scale=1.0)
+        for n, shape in (("w1", (inter, D)), ("w2", (inter, D)), ("w3", (D, inter))):
+            sd[p + f"mlp.swiglu.{n}.weight"] = r(*shape)
+        if i % fields.get("gdn2_per_layer", 1) == 0:
+            a = p + "attn."
+            sd[a + "q_proj.weight"], sd[a + "k_proj.weight"] = r(H * dk, D), r(H * dk, D)
+            sd[a + "v_proj.weight"] = r(H * dv, D)
+            for n, c in (("q", H * dk), ("k", H * dk), ("v", H * dv)):
+                sd[a + f"{n}_conv1d.weight"] = r(c, 1, 4, scale=0.5)
+            sd[a + "f_proj.0.weight"], sd[a + "f_proj.1.weight"] = r(dv, D), r(H * dk, dv)
+            sd[a + "b_proj.weight"], sd[a + "w_proj.weight"] = r(H * dk, D), r(H * dv, D)
+            sd[a + "A_log"] = torch.rand(H, generator=g) * 2
+            sd[a + "dt_bias"] = r(H * dk, scale=0.5)
+            sd[a + "g_proj.0.weight"], sd[a + "g_proj.1.weight"] = r(dv, D), r(H * dv, dv)
+            sd[a + "g_proj.1.bias"] = r(H * dv, scale=0.1)
+            sd[a + "o_norm.weight"] = 1 + 0.1 * r(dv, scale=1.0)
+            sd[a + "o_proj.weight"] = r(D, H * dv)
+        else:
+            sd[p + "attn.attn.weight"] = r((nh + 2 * ng) * hd, D)
+            sd[p + "attn.proj.weight"] = r(D, nh * hd)
+    return {prefix + k: v for k, v in sd.items()}
+
+
+def save_authors_checkpoint(path: Path, state: dict) -> Path:
+    torch.save({"model": state, "optimizer": None, "iter_num": 10}, path)
+    return path
+
+
+@pytest.fixture
+def tokenizer_dir(tmp_path: Path) -> Path:
+    """A word-level tokenizer built in the test (no hub)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["<unk>", "<s>", "</s>", "<pad>"] + [f"w{i}" for i in range(200)] + ["the", "a", "magic", "number"]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+    )
+    out = tmp_path / "tokenizer"
+    fast.save_pretrained(out)
+    return out
+
+
+def pytest_collection_modifyitems(config, items):
+    """GPU tests (marker `gpu`) run on a CUDA machine only; elsewhere they are skipped with the reason."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
