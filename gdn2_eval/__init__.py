@@ -3,7 +3,15 @@
 Importing the package registers the ``gdn2`` model type with transformers' Auto classes.
 """
 
+from pathlib import Path
+
 from transformers import AutoConfig, AutoModelForCausalLM
+
+# In a source checkout, `kernels/` and `tasks/` sit beside this package and are installed into it (pyproject's
+# package-dir). So that the checkout also works without installation (PYTHONPATH=.), look for them there too.
+_checkout = Path(__file__).resolve().parent.parent
+if (_checkout / "kernels" / "gdn2" / "torch_impl.py").is_file():
+    __path__.append(str(_checkout))  # noqa: F821  (the package's own __path__)
 
 from .model import GDN2Cache, GDN2Config, GDN2ForCausalLM
 

@@ -41,7 +41,7 @@ TINY_RECURRENT_FIELDS = dict(
 
 def tiny_config(kind: str = "hybrid", **overrides) -> GDN2Config:
     fields = TINY_HYBRID_FIELDS if kind == "hybrid" else TINY_RECURRENT_FIELDS
-    return GDN2Config.from_authors(dict(fields), kernel="torch", **overrides)
+    return GDN2Config.from_authors(dict(fields), **{"kernel": "torch", **overrides})
 
 
 def tiny_model(kind: str = "hybrid", seed: int = 0, **overrides) -> GDN2ForCausalLM:

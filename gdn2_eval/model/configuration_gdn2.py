@@ -108,7 +108,7 @@ class GDN2Config(PretrainedConfig):
         norm_eps: float = 1e-5,
         rotary_percentage: float = 1.0,
         rope_theta: float = 10000.0,
-        max_position_embeddings: int = 4096,
+        training_length: int = 4096,
         allow_neg_eigval: bool = False,
         output_gate_act: str = "silu",
         gate_ablation: str = "none",
@@ -137,7 +137,9 @@ class GDN2Config(PretrainedConfig):
         self.norm_eps = norm_eps
         self.rotary_percentage = rotary_percentage
         self.rope_theta = rope_theta
-        self.max_position_embeddings = max_position_embeddings
+        # The authors' block_size: the context the model was trained at (perplexity protocols default to it). Not a
+        # limit: GDN-2 and the windowed attention run at any length.
+        self.training_length = training_length
         self.allow_neg_eigval = allow_neg_eigval
         self.output_gate_act = output_gate_act
         self.gate_ablation = gate_ablation
@@ -221,7 +223,7 @@ class GDN2Config(PretrainedConfig):
             local_window=f["local_window"],
             norm_eps=f["norm_eps"],
             rotary_percentage=f["rotary_percentage"],
-            max_position_embeddings=f["block_size"],
+            training_length=f["block_size"],
             allow_neg_eigval=bool(f.get("allow_neg_eigval", False)),
             preset=f.get("name"),
         )
