@@ -13,7 +13,7 @@ _checkout = Path(__file__).resolve().parent.parent
 if (_checkout / "kernels" / "gdn2" / "torch_impl.py").is_file():
     __path__.append(str(_checkout))  # noqa: F821  (the package's own __path__)
 
-from .model import GDN2Cache, GDN2Config, GDN2ForCausalLM
+from .model import GDN2Cache, GDN2Config, GDN2ForCausalLM  # noqa: E402  (after the path set-up)
 
 AutoConfig.register("gdn2", GDN2Config, exist_ok=True)
 AutoModelForCausalLM.register(GDN2Config, GDN2ForCausalLM, exist_ok=True)
