@@ -133,3 +133,19 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def tiny_model_dir(tmp_path, tokenizer_dir) -> Path:
+    """A tiny hybrid GDN-2 HF directory with the word-level tokenizer (vocab 208 fits the 256-row embedding)."""
+    from transformers import AutoTokenizer
+
+    out = tmp_path / "tiny-gdn2"
+    tiny_model("hybrid", seed=3).save_pretrained(out)
+    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(out)
+    return out
+
+
+def words(n: int, seed: int = 0) -> str:
+    g = torch.Generator().manual_seed(seed)
+    return " ".join(f"w{int(i)}" for i in torch.randint(0, 200, (n,), generator=g))

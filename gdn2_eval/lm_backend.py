@@ -1,0 +1,253 @@
+"""The `gdn2` lm-eval model backend.
+
+Registered with lm-eval on `import gdn2_eval.lm_backend` (and on `import gdn2_eval`), so both `gdn2-eval run` and
+lm-eval's own CLI (`lm_eval --model gdn2 --model_args pretrained=...` with `--include_path` or after importing
+gdn2_eval) can use it. It loads GDN-2 HF directories, the authors' `.pth` checkpoints (`arch=`, `tokenizer=`), fla
+baselines and plain HF causal LMs through `gdn2_eval.load_model`.
+
+For GDN-2 models, scoring is recurrent-aware and exact:
+* a context shared by several requests (multiple choice) is run once; each continuation starts from a copy of its
+  state;
+* inputs are fed `chunk_tokens` at a time with the recurrent, convolution and window state carried across chunks, so
+  memory does not grow with length and nothing is truncated;
+* logits become log-probabilities one chunk at a time (never a [T, vocab] float32 tensor for a whole long input).
+Other models go through lm-eval's stock HF path, except that a context that does not fit their limit is an error,
+never silently truncated.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lm_eval.api.registry import register_model
+from lm_eval.models.huggingface import HFLM
+from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+from tqdm import tqdm
+
+from .errors import UserError
+from .loading import load_model
+from .model import GDN2ForCausalLM
+
+PPL_PROTOCOLS = ("rolling", "carry")
+# Recurrent models have no context limit; lm-eval still asks for one (generation budget arithmetic).
+UNBOUNDED = 1 << 40
+
+
+class NonFiniteLogits(RuntimeError):
+    """NaN or inf in a model's logits: the task stops, naming the request."""
+
+
+def _as_bool(value: Any) -> bool:
+    return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
+
+
+@register_model("gdn2")
+class GDN2LM(HFLM):
+    def __init__(
+        self,
+        pretrained: str,
+        arch: str | None = None,
+        tokenizer: str | None = None,
+        dtype: str = "auto",
+        device: str = "auto",
+        batch_size: int | str = 16,
+        max_batch_size: int = 64,
+        chunk_tokens: int = 16384,
+        ppl_protocol: str = "rolling",
+        ppl_window: int | None = None,
+        share_prefix: bool | str = True,
+        gate_ablation: str | None = None,
+        kernel: str | None = None,
+        max_length: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        overrides = {k: v for k, v in (("gate_ablation", gate_ablation), ("kernel", kernel)) if v is not None}
+        model, tok = load_model(pretrained, arch=arch, tokenizer=tokenizer, dtype=dtype, device=device, **overrides)
+        if tok is None:
+            raise UserError(f"no tokenizer for {pretrained}: pass tokenizer=DIR (checkpoint files hold none)")
+        if ppl_protocol not in PPL_PROTOCOLS:
+            raise UserError(f"unknown ppl_protocol {ppl_protocol!r}; choose {', '.join(PPL_PROTOCOLS)}")
+        self.recurrent = isinstance(model, GDN2ForCausalLM)
+        if batch_size == "auto":  # batches are bounded by tokens per forward (chunk_tokens), not by probing memory
+            batch_size = max_batch_size
+        super().__init__(
+            pretrained=model,
+            tokenizer=tok,
+            backend="causal",
+            batch_size=int(batch_size),
+            max_batch_size=int(max_batch_size),
+            max_length=max_length,
+            **kwargs,
+        )
+        self.model_path = str(pretrained)
+        self.chunk_tokens = int(chunk_tokens)
+        self.share_prefix = _as_bool(share_prefix)
+        self.ppl_protocol = ppl_protocol
+        # Default window of the rolling protocol: the length the model was trained at (lm-eval's standard protocol
+        # at the model's training length).
+        training = getattr(model.config, "training_length", None)
+        self.ppl_window = int(ppl_window or training or super().max_length)
+
+    # ---- limits --------------------------------------------------------------------------------------------------
+    @property
+    def max_length(self) -> int:
+        if self.recurrent and not self._max_length:
+            return UNBOUNDED
+        return super().max_length
+
+    def protocol(self) -> dict[str, Any]:
+        """The evaluation options that change numbers, recorded with every run."""
+        return {
+            "ppl_protocol": self.ppl_protocol,
+            "ppl_window": self.ppl_window if self.ppl_protocol == "rolling" else None,
+            "chunk_tokens": self.chunk_tokens,
+            "share_prefix": self.share_prefix,
+        }
+
+    def _check_fits(self, lengths: list[int], what: str) -> None:
+        if self.recurrent:
+            return
+        longest = max(lengths, default=0)
+        if longest > self.max_length:
+            raise UserError(
+                f"a {what} of {longest} tokens does not fit this model's limit of {self.max_length} tokens; "
+                "it would be truncated (pass max_length=... if the model supports more, or use --limit/shorter tasks)"
+            )
+
+    # ---- loglikelihood -------------------------------------------------------------------------------------------
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs: int | None = None):
+        if not self.recurrent:
+            self._check_fits([len(c) + len(x) - 1 for _, c, x in requests], "context plus continuation")
+            return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
+        groups: dict[Any, list[int]] = defaultdict(list)
+        for i, (_, ctx, _) in enumerate(requests):
+            groups[tuple(ctx) if self.share_prefix else i].append(i)
+        # longest first, as lm-eval orders, so memory peaks early; split groups larger than a batch
+        order = sorted(groups.values(), key=lambda ix: -(len(requests[ix[0]][1]) + len(requests[ix[0]][2])))
+        limit = override_bs or self.batch_size
+        units = [ix[s : s + limit] for ix in order for s in range(0, len(ix), limit)]
+        batches, current, rows = [], [], 0
+        for unit in units:
+            if current and (rows + len(unit) > limit or len(current) >= limit):
+                batches.append(current)
+                current, rows = [], 0
+            current.append(unit)
+            rows += len(unit)
+        if current:
+            batches.append(current)
+        results: list[tuple[float, bool] | None] = [None] * len(requests)
+        with tqdm(total=len(requests), disable=disable_tqdm or self.rank != 0, desc="loglikelihood") as bar:
+            for batch in batches:
+                scores = self._score(batch, requests)
+                for i, score in scores.items():
+                    results[i] = score
+                    if requests[i][0] is not None:
+                        self.cache_hook.add_partial("loglikelihood", requests[i][0], score)
+                bar.update(len(scores))
+        return results
+
+    @torch.no_grad()
+    def _score(self, batch: list[list[int]], requests) -> dict[int, tuple[float, bool]]:
+        """Score a batch of context groups: contexts once, then every continuation from a copy of its state."""
+        model, dev = self.model, self.device
+        contexts = [requests[unit[0]][1] for unit in batch]
+        ids, mask = _pad([list(c) for c in contexts], side="left", pad=self._pad_id(), device=dev)
+        cache = model.new_cache(len(contexts))
+        step = max(1, self.chunk_tokens // len(contexts))
+        for c0 in range(0, ids.shape[1], step):
+            out = model(
+                ids[:, c0 : c0 + step],
+                attention_mask=mask[:, c0 : c0 + step],
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+        last = out.logits[:, -1].float()  # left padding: every row's last real token is in the last column
+        self._check_finite(last, [requests[u[0]] for u in batch])
+        first_lp = F.log_softmax(last, -1)
+
+        members = [i for unit in batch for i in unit]
+        row_of = torch.tensor([r for r, unit in enumerate(batch) for _ in unit], device=dev)
+        cache.batch_select_indices(row_of)  # one independent copy of the context state per continuation
+        conts = [list(requests[i][2]) for i in members]
+        first = torch.tensor([c[0] for c in conts], device=dev)
+        logprob = first_lp[row_of].gather(1, first[:, None])[:, 0].double()
+        greedy = first_lp[row_of].argmax(-1) == first
+        inputs, in_mask = _pad([c[:-1] for c in conts], side="right", pad=self._pad_id(), device=dev)
+        targets, _ = _pad([c[1:] for c in conts], side="right", pad=0, device=dev)
+        step = max(1, self.chunk_tokens // len(conts))
+        for c0 in range(0, inputs.shape[1], step):
+            sl = slice(c0, c0 + step)
+            m = in_mask[:, sl].bool()
+            logits = model(inputs[:, sl], attention_mask=in_mask[:, sl], past_key_values=cache, use_cache=True).logits
+            self._check_finite(logits[m], [requests[i] for i in members])
+            lp = F.log_softmax(logits.float(), -1)
+            tok_lp = lp.gather(-1, targets[:, sl, None])[..., 0]
+            logprob += (tok_lp * m).sum(1).double()
+            greedy &= ((lp.argmax(-1) == targets[:, sl]) | ~m).all(1)
+        return {i: (float(logprob[r]), bool(greedy[r])) for r, i in enumerate(members)}
+
+    def _pad_id(self) -> int:
+        tok = self.tokenizer
+        return tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+
+    @staticmethod
+    def _check_finite(logits: torch.Tensor, reqs) -> None:
+        if not torch.isfinite(logits).all():
+            first = reqs[0][0]
+            text = repr(first[0][-80:]) if first and first[0] else f"{len(reqs[0][1])}-token context"
+            raise NonFiniteLogits(f"NaN or inf in the logits while scoring the request with context ...{text}")
+
+    # ---- perplexity ----------------------------------------------------------------------------------------------
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+        """Log-likelihood of whole documents under the recorded protocol:
+        * ``rolling`` (default): lm-eval's disjoint windows of ``ppl_window`` tokens, state reset at each window;
+        * ``carry``: the whole document in one pass, state carried across chunks (no window, nothing dropped)."""
+        if not self.recurrent:
+            return super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm)
+        windows, owners = [], []
+        for r, req in enumerate(requests):
+            tokens = self.tok_encode(req.args[0])
+            if self.ppl_protocol == "carry":
+                pieces = [([self.prefix_token_id], tokens)]
+            else:
+                pieces = map(
+                    make_disjoint_window,
+                    get_rolling_token_windows(
+                        token_list=tokens, prefix_token=self.prefix_token_id, max_seq_len=self.ppl_window, context_len=1
+                    ),
+                )
+            for ctx, cont in pieces:
+                if cont:
+                    windows.append((None, ctx, cont))
+                    owners.append(r)
+        scores = self._loglikelihood_tokens(windows, disable_tqdm=disable_tqdm)
+        totals = [0.0] * len(requests)
+        for r, (lp, _) in zip(owners, scores):
+            totals[r] += lp
+        for req, total in zip(requests, totals):
+            self.cache_hook.add_partial("loglikelihood_rolling", req.args, total)
+        return totals
+
+    # ---- generation ----------------------------------------------------------------------------------------------
+    def generate_until(self, requests, disable_tqdm: bool = False):
+        if not self.recurrent:
+            self._check_fits(
+                [len(self.tok_encode(r.args[0])) + self.max_gen_toks for r in requests], "prompt plus generation budget"
+            )
+        return super().generate_until(requests, disable_tqdm=disable_tqdm)
+
+
+def _pad(seqs: list[list[int]], side: str, pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    n = max((len(s) for s in seqs), default=0)
+    ids = torch.full((len(seqs), n), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), n), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if s:
+            sl = slice(n - len(s), n) if side == "left" else slice(0, len(s))
+            ids[i, sl] = torch.tensor(s)
+            mask[i, sl] = 1
+    return ids.to(device), mask.to(device)

@@ -1,0 +1,160 @@
+"""The `gdn2` lm-eval backend: exact log-likelihoods, batching, prefix sharing, chunking, perplexity protocols."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from lm_eval.api.instance import Instance
+
+from gdn2_eval.errors import UserError
+from gdn2_eval.lm_backend import GDN2LM
+
+from conftest import words
+
+
+def ll_requests(pairs):
+    return [Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(pairs)]
+
+
+def direct_loglikelihood(lm: GDN2LM, context: str, continuation: str) -> tuple[float, bool]:
+    """Sum of log-softmax over one full forward of context + continuation (no cache, no chunks)."""
+    ctx, cont = lm._encode_pair(context, continuation)
+    ids = torch.tensor([ctx + cont])
+    with torch.no_grad():
+        logits = lm.model(ids[:, :-1]).logits[0, len(ctx) - 1 :].double()
+    lp = F.log_softmax(logits, -1)
+    target = torch.tensor(cont)
+    return lp.gather(1, target[:, None]).sum().item(), bool((lp.argmax(-1) == target).all())
+
+
+@pytest.fixture
+def lm(tiny_model_dir):
+    return GDN2LM(str(tiny_model_dir), device="cpu", dtype="fp32", batch_size=8)
+
+
+PAIRS = [
+    (words(40, 1), " " + words(3, 2)),
+    (words(40, 1), " " + words(5, 3)),  # shares its context with the first
+    (words(40, 1), " " + words(1, 4)),
+    (words(9, 5), " " + words(12, 6)),
+    (words(70, 7), " " + words(2, 8)),
+]
+
+
+def test_loglikelihood_equals_direct_log_softmax_sum(lm):
+    got = lm.loglikelihood(ll_requests(PAIRS))
+    for (ctx, cont), (lp, greedy) in zip(PAIRS, got):
+        ref_lp, ref_greedy = direct_loglikelihood(lm, ctx, cont)
+        assert lp == pytest.approx(ref_lp, rel=1e-5, abs=1e-4)
+        assert greedy == ref_greedy
+
+
+def test_batched_equals_unbatched_and_sharing_equals_no_sharing(tiny_model_dir, lm):
+    batched = lm.loglikelihood(ll_requests(PAIRS))
+    single = GDN2LM(str(tiny_model_dir), device="cpu", dtype="fp32", batch_size=1)
+    unshared = GDN2LM(str(tiny_model_dir), device="cpu", dtype="fp32", batch_size=8, share_prefix=False)
+    for other in (single.loglikelihood(ll_requests(PAIRS)), unshared.loglikelihood(ll_requests(PAIRS))):
+        for (a, ga), (b, gb) in zip(batched, other):
+            assert a == pytest.approx(b, rel=1e-5, abs=1e-4) and ga == gb
+
+
+def test_prefix_sharing_runs_a_shared_context_once(lm, monkeypatch):
+    calls = []
+    real = lm.model.forward
+
+    def counting(input_ids=None, **kw):
+        calls.append(input_ids.shape)
+        return real(input_ids=input_ids, **kw)
+
+    monkeypatch.setattr(lm.model, "forward", counting)
+    lm.loglikelihood(ll_requests(PAIRS[:3]))  # one context, three continuations
+    prefill = [s for s in calls if s[0] == 1]
+    assert len(prefill) == 1, calls  # the context ran once, for one row
+
+
+def test_chunked_long_inputs_equal_one_shot(tiny_model_dir):
+    long_pairs = [(words(300, 11), " " + words(150, 12)), (words(20, 13), " " + words(200, 14))]
+    one_shot = GDN2LM(str(tiny_model_dir), device="cpu", dtype="fp32", chunk_tokens=1 << 20)
+    chunked = GDN2LM(str(tiny_model_dir), device="cpu", dtype="fp32", chunk_tokens=37)
+    for (a, ga), (b, gb) in zip(
+        one_shot.loglikelihood(ll_requests(long_pairs)), chunked.loglikelihood(ll_requests(long_pairs))
+    ):
+        assert a == pytest.approx(b, rel=1e-5, abs=1e-3) and ga == gb
+    ref, _ = direct_loglikelihood(one_shot, *long_pairs[0])
+    assert one_shot.loglikelihood(ll_requests(long_pairs[:1]))[0][0] == pytest.approx(ref, rel=1e-5)
+
+
+def test_log_probabilities_are_formed_chunk_by_chunk(tiny_model_dir, monkeypatch):
+    lm = GDN2LM(str(tiny_model_dir), device="cpu", dtype="fp32", chunk_tokens=64)
+    sizes = []
+    real = F.log_softmax
+
+    def spy(x, *a, **k):
+        sizes.append(x.numel() // x.shape[-1])
+        return real(x, *a, **k)
+
+    monkeypatch.setattr("gdn2_eval.lm_backend.F.log_softmax", spy)
+    lm.loglikelihood(ll_requests([(words(10, 1), " " + words(500, 2))]))
+    assert max(sizes) <= 64  # never more than chunk_tokens positions at once
+
+
+def test_rolling_perplexity_protocols(tiny_model_dir):
+    doc = words(150, 21)
+    req = [Instance("loglikelihood_rolling", {}, (doc,), 0)]
+    carry = GDN2LM(str(tiny_model_dir), device="cpu", dtype="fp32", ppl_protocol="carry", chunk_tokens=32)
+    tokens = carry.tok_encode(doc)
+    ids = torch.tensor([[carry.prefix_token_id] + tokens])
+    with torch.no_grad():
+        lp = F.log_softmax(carry.model(ids[:, :-1]).logits[0].double(), -1)
+    whole = lp.gather(1, ids[0, 1:, None]).sum().item()
+    assert carry.loglikelihood_rolling(req)[0] == pytest.approx(whole, rel=1e-5)
+    # rolling windows of 64 tokens: each window scored from a fresh state, so the total differs from `carry`
+    rolling = GDN2LM(str(tiny_model_dir), device="cpu", dtype="fp32", ppl_window=64)
+    windowed = rolling.loglikelihood_rolling(req)[0]
+    assert windowed != pytest.approx(whole, rel=1e-6)
+    # lm-eval's protocol: windows of 64 predicted tokens; each window's input is the (up to) 64 tokens before its
+    # last prediction, so the final, partial window sees a longer context
+    manual = 0.0
+    seq = [rolling.prefix_token_id] + tokens
+    for start in range(0, len(tokens), 64):
+        end = min(start + 64, len(tokens))
+        lo = max(0, end - 64)
+        inp, tgt = torch.tensor([seq[lo:end]]), torch.tensor(seq[lo + 1 : end + 1])
+        with torch.no_grad():
+            lpw = F.log_softmax(rolling.model(inp).logits[0].double(), -1)
+        manual += lpw.gather(1, tgt[:, None])[-(end - start) :].sum().item()
+    assert windowed == pytest.approx(manual, rel=1e-5)
+    assert rolling.protocol()["ppl_window"] == 64 and carry.protocol()["ppl_protocol"] == "carry"
+
+
+def test_generate_until_is_greedy_and_stops(lm):
+    prompt = words(30, 31)
+    req = [Instance("generate_until", {}, (prompt, {"until": ["w5"], "max_gen_toks": 10, "do_sample": False}), 0)]
+    out = lm.generate_until(req)[0]
+    ids = torch.tensor([lm.tok_encode(prompt)])
+    with torch.no_grad():
+        ref = lm.model.generate(ids, max_new_tokens=10, do_sample=False, eos_token_id=None, pad_token_id=3)
+    text = lm.tok_decode(ref[0, ids.shape[1] :].tolist())
+    assert out == text.split("w5")[0]
+
+
+def test_non_recurrent_model_refuses_to_truncate(tmp_path, tokenizer_dir):
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(
+        vocab_size=256,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        max_position_embeddings=64,
+    )
+    LlamaForCausalLM(cfg).save_pretrained(tmp_path / "llama")
+    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(tmp_path / "llama")
+    lm = GDN2LM(str(tmp_path / "llama"), device="cpu", dtype="fp32")
+    assert not lm.recurrent and lm.max_length == 64
+    ok = lm.loglikelihood(ll_requests([(words(10, 1), " w3")]))
+    assert len(ok) == 1
+    with pytest.raises(UserError, match="does not fit this model's limit of 64 tokens"):
+        lm.loglikelihood(ll_requests([(words(100, 1), " w3")]))
