@@ -102,6 +102,147 @@ def info(
     console.print(table)
 
 
+@app.command()
+@user_errors
+def run(
+    model: Annotated[str, typer.Option(help="HF directory, authors' checkpoint (.pth, with --arch) or fla model dir.")],
+    suite: Annotated[str | None, typer.Option(help="Task suite: lm, commonsense, table2.")] = None,
+    tasks: Annotated[str | None, typer.Option(help="Comma-separated lm-eval task names (instead of --suite).")] = None,
+    arch: Annotated[str | None, typer.Option(help="Preset or JSON config, for a checkpoint file.")] = None,
+    tokenizer: Annotated[str | None, typer.Option(help="Tokenizer directory (required for a checkpoint file).")] = None,
+    tasks_dir: Annotated[Path | None, typer.Option(help="Extra folder of lm-eval task YAMLs (your own tasks).")] = None,
+    limit: Annotated[int | None, typer.Option(help="Evaluate only the first N documents of each task.")] = None,
+    batch_size: Annotated[str, typer.Option(help="Requests per batch, or 'auto'.")] = "16",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, ...")] = "auto",
+    dtype: Annotated[str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), bf16, fp16, fp32.")] = "auto",
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Read datasets from this local copy (made by `gdn2-eval data fetch`).")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Run directory [default: results/runs/NAME/SUITE].")] = None,
+    resume: Annotated[
+        bool, typer.Option(help="Skip finished tasks and reuse cached requests of this directory.")
+    ] = False,
+    force: Annotated[bool, typer.Option(help="Replace another model's results in --out.")] = False,
+    name: Annotated[
+        str | None, typer.Option(help="Label of the model in tables [default: file or folder name].")
+    ] = None,
+    ppl_protocol: Annotated[
+        str, typer.Option(help="Perplexity protocol: rolling (lm-eval's disjoint windows) or carry (whole document).")
+    ] = "rolling",
+    ppl_window: Annotated[
+        int | None, typer.Option(help="Window of the rolling protocol [default: the model's training length].")
+    ] = None,
+    chunk_tokens: Annotated[int, typer.Option(help="Tokens per forward call; longer inputs carry state.")] = 16384,
+    gate_ablation: Annotated[
+        str | None, typer.Option(help="GDN-2 Table 5 ablation: scalar_erase or scalar_write.")
+    ] = None,
+    kernel: Annotated[str | None, typer.Option(help="GDN-2 kernel: auto, triton, fla, torch.")] = None,
+) -> None:
+    """Evaluate a model on a suite or on tasks; results go to a run directory that `--resume` continues."""
+    import time
+
+    from .runner import RunSpec
+    from .runner import run as run_spec
+    from .suites import suite_tasks
+
+    if (suite is None) == (tasks is None):
+        raise UserError("pass exactly one of --suite or --tasks")
+    task_list = suite_tasks(suite) if suite else [t.strip() for t in tasks.split(",") if t.strip()]
+    options = {
+        "ppl_protocol": ppl_protocol,
+        "ppl_window": ppl_window,
+        "chunk_tokens": chunk_tokens,
+        "gate_ablation": gate_ablation,
+        "kernel": kernel,
+    }
+    spec = RunSpec(
+        model=model,
+        tasks=task_list,
+        suite=suite or "custom",
+        arch=arch,
+        tokenizer=tokenizer,
+        tasks_dir=tasks_dir,
+        limit=limit,
+        batch_size=batch_size,
+        device=device,
+        dtype=dtype,
+        data_dir=data_dir,
+        out=out,
+        resume=resume,
+        force=force,
+        name=name,
+        model_options={k: v for k, v in options.items() if v is not None},
+    )
+    started, t0 = {}, time.time()
+
+    def progress(task: str, state: str) -> None:
+        i = task_list.index(task) + 1
+        if state == "start":
+            started[task] = time.time()
+            console.print(f"[bold]\\[{i}/{len(task_list)}][/bold] {task} ...")
+            return
+        took = time.time() - started[task]
+        left = (time.time() - t0) / i * (len(task_list) - i)
+        console.print(f"      {task}: {state} in {took:.1f}s; about {left:.0f}s left")
+
+    out_dir = run_spec(spec, progress=progress)
+    _print_summary(out_dir / "summary.csv")
+    console.print(f"results in {out_dir}")
+
+
+def _print_summary(path: Path) -> None:
+    import csv
+
+    table = Table(title="summary")
+    for col in ("task", "metric", "context", "value", "n"):
+        table.add_column(col, justify="right" if col in ("value", "n", "context") else "left")
+    with path.open() as f:
+        for row in csv.DictReader(f):
+            table.add_row(
+                row["task"], row["metric"], row["context_length"], f"{float(row['value']):.4g}", row["n_samples"]
+            )
+    console.print(table)
+
+
+data_app = typer.Typer(help="Local copies of the datasets, for machines without internet.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("fetch")
+@user_errors
+def data_fetch(
+    to: Annotated[Path, typer.Option(help="Folder to write the local copy into (pass it later as --data-dir).")],
+    suite: Annotated[str | None, typer.Option(help="Suite whose datasets to fetch.")] = None,
+    tasks: Annotated[str | None, typer.Option(help="Comma-separated task names.")] = None,
+    tasks_dir: Annotated[Path | None, typer.Option(help="Extra folder of task YAMLs.")] = None,
+) -> None:
+    """Download the datasets a suite's tasks read and save them as JSON lines (run where there is internet)."""
+    from .data import save_local_copy
+    from .runner import check_tasks, task_manager
+    from .suites import suite_tasks
+
+    if (suite is None) == (tasks is None):
+        raise UserError("pass exactly one of --suite or --tasks")
+    names = suite_tasks(suite) if suite else [t.strip() for t in tasks.split(",") if t.strip()]
+    manager = task_manager(tasks_dir)
+    check_tasks(names, manager)
+    from lm_eval.api.task import Task
+    from lm_eval.tasks import get_task_dict
+
+    def leaves(obj):
+        if isinstance(obj, Task):
+            yield obj
+        elif isinstance(obj, dict):
+            for v in obj.values():
+                yield from leaves(v)
+
+    for task in leaves(get_task_dict(names, manager)):
+        cfg = task.config
+        files = save_local_copy(cfg.dataset_path, cfg.dataset_name, task.dataset, to)
+        console.print(f"{cfg.task}: {', '.join(files)}")
+    console.print(f"local copy in {to}; use it with --data-dir {to}")
+
+
 def main() -> None:
     app()
 

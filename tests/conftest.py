@@ -149,3 +149,30 @@ def tiny_model_dir(tmp_path, tokenizer_dir) -> Path:
 def words(n: int, seed: int = 0) -> str:
     g = torch.Generator().manual_seed(seed)
     return " ".join(f"w{int(i)}" for i in torch.randint(0, 200, (n,), generator=g))
+
+
+def write_user_tasks(folder: Path, n_mc: int = 12, n_docs: int = 6, doc_words: int = 120) -> Path:
+    """Two lm-eval tasks defined in a user directory, reading JSON lines made here: a multiple-choice task and a
+    document perplexity task."""
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / "mc.jsonl").open("w") as f:
+        for i in range(n_mc):
+            doc = {"question": words(20, i), "choices": [words(3, 100 + i), words(4, 200 + i)], "label": i % 2}
+            f.write(json.dumps(doc) + "\n")
+    with (folder / "docs.jsonl").open("w") as f:
+        for i in range(n_docs):
+            f.write(json.dumps({"text": words(doc_words, 300 + i)}) + "\n")
+    head = "dataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {}\ntest_split: test\n"
+    (folder / "tiny_mc.yaml").write_text(
+        "task: tiny_mc\n" + head.format(folder / "mc.jsonl")
+        + 'output_type: multiple_choice\ndoc_to_text: "{{question}}"\ndoc_to_choice: "{{choices}}"\n'
+        "doc_to_target: label\nmetric_list:\n  - metric: acc\n  - metric: acc_norm\n"
+    )
+    (folder / "tiny_ppl.yaml").write_text(
+        "task: tiny_ppl\n" + head.format(folder / "docs.jsonl")
+        + 'output_type: loglikelihood_rolling\ndoc_to_text: ""\ndoc_to_target: "{{text}}"\n'
+        "metric_list:\n  - metric: word_perplexity\n    aggregation: weighted_perplexity\n    higher_is_better: false\n"
+    )
+    return folder

@@ -1,0 +1,38 @@
+"""Named task suites and the paper's metric choices for them (see the evaluation spec, Table 2)."""
+
+from __future__ import annotations
+
+# Table 2 columns: (column, lm-eval task, metric). The Avg. is the mean of LAMBADA acc and the eight reasoning
+# accuracies, in percent.
+TABLE2_COLUMNS: list[tuple[str, str, str]] = [
+    ("Wiki. ppl", "wikitext", "word_perplexity"),
+    ("LMB. ppl", "lambada_openai", "perplexity"),
+    ("LMB. acc", "lambada_openai", "acc"),
+    ("PIQA", "piqa", "acc"),
+    ("Hella.", "hellaswag", "acc_norm"),
+    ("Wino.", "winogrande", "acc"),
+    ("ARC-e", "arc_easy", "acc"),
+    ("ARC-c", "arc_challenge", "acc"),
+    ("OBQA", "openbookqa", "acc"),
+    ("SIQA", "social_iqa", "acc"),
+    ("BoolQ", "boolq", "acc"),
+]
+TABLE2_AVG_COLUMNS = [c for c, _, m in TABLE2_COLUMNS if m in ("acc", "acc_norm")]
+
+_COMMONSENSE = ["piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa", "social_iqa", "boolq"]
+SUITES: dict[str, list[str]] = {
+    "lm": ["wikitext", "lambada_openai"],
+    "commonsense": [*_COMMONSENSE, "lambada_openai"],
+    "table2": ["wikitext", "lambada_openai", *_COMMONSENSE],
+}
+
+# Metrics reported in percent (lm-eval gives fractions); perplexities stay as they are.
+PERCENT_METRICS = {"acc", "acc_norm", "exact_match", "em", "f1", "contains"}
+
+
+def suite_tasks(name: str) -> list[str]:
+    from .errors import UserError
+
+    if name not in SUITES:
+        raise UserError(f"unknown suite {name!r}; suites: {', '.join(SUITES)}")
+    return list(SUITES[name])
