@@ -18,8 +18,8 @@ from .model import GDN2Cache, GDN2Config, GDN2ForCausalLM  # noqa: E402  (after 
 AutoConfig.register("gdn2", GDN2Config, exist_ok=True)
 AutoModelForCausalLM.register(GDN2Config, GDN2ForCausalLM, exist_ok=True)
 
-from . import lm_backend  # noqa: E402, F401  (registers the `gdn2` lm-eval backend)
+from .lm_backend import GDN2LM  # noqa: E402  (registers the `gdn2` lm-eval backend)
 from .loading import load_model  # noqa: E402  (needs the registration above)
 
 __version__ = "0.1.0"
-__all__ = ["GDN2Cache", "GDN2Config", "GDN2ForCausalLM", "__version__", "load_model"]
+__all__ = ["GDN2LM", "GDN2Cache", "GDN2Config", "GDN2ForCausalLM", "__version__", "load_model"]

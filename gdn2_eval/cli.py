@@ -106,7 +106,9 @@ def info(
 @user_errors
 def run(
     model: Annotated[str, typer.Option(help="HF directory, authors' checkpoint (.pth, with --arch) or fla model dir.")],
-    suite: Annotated[str | None, typer.Option(help="Task suite: lm, commonsense, table2.")] = None,
+    suite: Annotated[
+        str | None, typer.Option(help="Task suite: lm, commonsense, table2, ruler (Table 3 grid), ruler-full.")
+    ] = None,
     tasks: Annotated[str | None, typer.Option(help="Comma-separated lm-eval task names (instead of --suite).")] = None,
     arch: Annotated[str | None, typer.Option(help="Preset or JSON config, for a checkpoint file.")] = None,
     tokenizer: Annotated[str | None, typer.Option(help="Tokenizer directory (required for a checkpoint file).")] = None,
@@ -137,17 +139,41 @@ def run(
         str | None, typer.Option(help="GDN-2 Table 5 ablation: scalar_erase or scalar_write.")
     ] = None,
     kernel: Annotated[str | None, typer.Option(help="GDN-2 kernel: auto, triton, fla, torch.")] = None,
+    lengths: Annotated[
+        str | None, typer.Option(help="RULER context lengths, e.g. 1k,2k,4k [default: the suite's grid, else 4k].")
+    ] = None,
+    samples: Annotated[int | None, typer.Option(help="RULER samples per task and length [default: 500].")] = None,
+    seed: Annotated[int | None, typer.Option(help="RULER generation seed [default: ruler.DEFAULT_SEED].")] = None,
+    haystack: Annotated[
+        Path | None, typer.Option(help="Essay haystack for RULER: RULER's essay JSON or a plain-text file.")
+    ] = None,
+    ruler_jsonl: Annotated[
+        Path | None, typer.Option(help="Evaluate a RULER .jsonl made by NVIDIA's RULER scripts (no --suite/--tasks).")
+    ] = None,
 ) -> None:
-    """Evaluate a model on a suite or on tasks; results go to a run directory that `--resume` continues."""
+    """Evaluate a model on a suite or on tasks; results go to a run directory that `--resume` continues.
+
+    Examples: `--suite table2`; `--suite ruler` (S-NIAH-1/2 at 1K-8K, S-NIAH-3 and MK-NIAH-1 at 1K-4K);
+    `--tasks niah_single_2 --lengths 16k,32k --samples 100`."""
     import time
 
+    from .ruler import parse_lengths
     from .runner import RunSpec
     from .runner import run as run_spec
     from .suites import suite_tasks
 
-    if (suite is None) == (tasks is None):
+    if ruler_jsonl is not None:
+        if suite or tasks:
+            raise UserError("--ruler-jsonl replaces --suite/--tasks; pass only one of them")
+        if not ruler_jsonl.is_file():
+            raise UserError(f"--ruler-jsonl {ruler_jsonl} is not a file")
+        suite, task_list = "ruler-jsonl", ["ruler_jsonl"]
+    elif (suite is None) == (tasks is None):
         raise UserError("pass exactly one of --suite or --tasks")
-    task_list = suite_tasks(suite) if suite else [t.strip() for t in tasks.split(",") if t.strip()]
+    else:
+        task_list = suite_tasks(suite) if suite else [t.strip() for t in tasks.split(",") if t.strip()]
+    if samples is not None and samples < 1:
+        raise UserError("--samples must be at least 1")
     options = {
         "ppl_protocol": ppl_protocol,
         "ppl_window": ppl_window,
@@ -172,18 +198,22 @@ def run(
         force=force,
         name=name,
         model_options={k: v for k, v in options.items() if v is not None},
+        lengths=parse_lengths(lengths) if lengths else None,
+        samples=samples,
+        seed=seed,
+        haystack=haystack,
+        ruler_jsonl=ruler_jsonl,
     )
     started, t0 = {}, time.time()
 
-    def progress(task: str, state: str) -> None:
-        i = task_list.index(task) + 1
+    def progress(unit: str, state: str, n: int, total: int) -> None:
         if state == "start":
-            started[task] = time.time()
-            console.print(f"[bold]\\[{i}/{len(task_list)}][/bold] {task} ...")
+            started[unit] = time.time()
+            console.print(f"[bold]\\[{n + 1}/{total}][/bold] {unit} ...")
             return
-        took = time.time() - started[task]
-        left = (time.time() - t0) / i * (len(task_list) - i)
-        console.print(f"      {task}: {state} in {took:.1f}s; about {left:.0f}s left")
+        took = time.time() - started[unit]
+        left = (time.time() - t0) / (n + 1) * (total - n - 1)
+        console.print(f"      {unit}: {state} in {took:.1f}s; about {left:.0f}s left")
 
     out_dir = run_spec(spec, progress=progress)
     _print_summary(out_dir / "summary.csv")
@@ -241,6 +271,204 @@ def data_fetch(
         files = save_local_copy(cfg.dataset_path, cfg.dataset_name, task.dataset, to)
         console.print(f"{cfg.task}: {', '.join(files)}")
     console.print(f"local copy in {to}; use it with --data-dir {to}")
+
+
+RunDirs = Annotated[
+    list[Path] | None,
+    typer.Argument(help="Run directories of `gdn2-eval run` (or folders holding them), placed among the baselines."),
+]
+Baselines = Annotated[str, typer.Option(help="paper: include the paper's reported numbers; none: only your runs.")]
+
+
+@app.command()
+@user_errors
+def table(
+    run_dirs: RunDirs = None,
+    table: Annotated[int, typer.Option("--table", "-t", help="The paper's table: 2, 3, 4 or 5.")] = 2,
+    baselines: Baselines = "paper",
+    format: Annotated[str, typer.Option("--format", "-f", help="md, latex or csv.")] = "md",
+    out: Annotated[Path | None, typer.Option(help="Write to this file instead of printing.")] = None,
+) -> None:
+    """Print one of the paper's Tables 2-5 with your runs in their family's block: best per family and column in
+    bold, second best underlined, missing cells as a dash with a footnote."""
+    from .results import load
+    from .tables import build, layout, render
+
+    layout(table)  # an unknown table number fails before anything is read
+    df = load(*(run_dirs or []), baselines=baselines)
+    if df.empty:
+        raise UserError("nothing to tabulate: give run directories, or leave --baselines at paper")
+    text = render(build(df, table), format)
+    if out is None:
+        sys.stdout.write(text)
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    console.print(f"wrote {out}")
+
+
+@app.command()
+@user_errors
+def plot(
+    run_dirs: RunDirs = None,
+    kind: Annotated[
+        str, typer.Option(help="niah-length, niah-depth (from per-sample logs), commonsense or throughput.")
+    ] = "niah-length",
+    baselines: Baselines = "paper",
+    family: Annotated[
+        list[str] | None, typer.Option(help="Family block(s) to draw: recurrent, hybrid (default: those of the runs).")
+    ] = None,
+    bench: Annotated[
+        list[Path] | None, typer.Option(help="Benchmark JSON files or folders for throughput (default: results/bench).")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Image path; PNG and PDF are written (default: results/figures/KIND).")
+    ] = None,
+) -> None:
+    """Draw a figure as PNG and PDF: RULER accuracy against context length, accuracy by needle depth and length,
+    common-sense accuracies, or throughput and memory against context length."""
+    paths = _draw(kind, run_dirs or [], baselines, family, bench, out or Path("results/figures") / kind)
+    console.print("wrote " + ", ".join(map(str, paths)))
+
+
+def _draw(kind, run_dirs, baselines, family, bench, out):
+    from . import plots
+    from .results import load, niah_samples, read_paper
+
+    if kind not in plots.KINDS:
+        raise UserError(f"unknown plot kind {kind!r}; kinds: {', '.join(plots.KINDS)}")
+    if kind == "niah-depth":
+        if not run_dirs:
+            raise UserError("niah-depth draws per-sample logs of runs: give run directories")
+        fig = plots.niah_depth(niah_samples(*run_dirs))
+    elif kind == "throughput":
+        fig = plots.throughput(plots.bench_records(bench), read_paper().get("figure2") if baselines == "paper" else [])
+    else:
+        df = load(*run_dirs, baselines=baselines)
+        fig = plots.niah_length(df, family) if kind == "niah-length" else plots.commonsense(df, family)
+    return plots.save(fig, out)
+
+
+@app.command()
+@user_errors
+def paper(
+    run_dirs: RunDirs = None,
+    out: Annotated[Path, typer.Option(help="Folder for tableN.md/.tex/.csv and the figures.")] = Path(
+        "results/generated"
+    ),
+    bench: Annotated[
+        list[Path] | None, typer.Option(help="Benchmark JSON files or folders (default: results/bench).")
+    ] = None,
+) -> None:
+    """Regenerate the paper's Tables 2-5 (Markdown, LaTeX, CSV) and the figures the results support, from the
+    reported numbers plus any runs given. With no runs the tables are the paper's, value for value."""
+    from .results import load, niah_samples
+    from .tables import write_all
+
+    df = load(*(run_dirs or []), baselines="paper")
+    for path in write_all(df, out):
+        console.print(f"wrote {path}")
+    kinds = ["niah-length", "commonsense", "throughput"]
+    if run_dirs and not niah_samples(*run_dirs).empty:
+        kinds.insert(1, "niah-depth")
+    for kind in kinds:
+        try:
+            paths = _draw(kind, run_dirs or [], "paper", None, bench, out / kind)
+        except UserError as e:  # a figure the stored results do not support
+            console.print(f"skipped {kind}: {e}")
+            continue
+        console.print("wrote " + ", ".join(map(str, paths)))
+    if not (run_dirs and "niah-depth" in kinds):
+        console.print("skipped niah-depth: needs runs with per-sample RULER logs")
+
+
+bench_app = typer.Typer(help="Speed measurements on a CUDA device.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("kernels")
+@user_errors
+def bench_kernels(
+    out: Annotated[Path, typer.Option(help="JSON file to write (a Markdown table goes beside it).")] = Path(
+        "results/bench/kernels.json"
+    ),
+    shapes: Annotated[str | None, typer.Option(help="Comma-separated BxT, e.g. 1x4096,8x4096 (default: all).")] = None,
+    repeats: Annotated[int, typer.Option(help="Timed runs per measurement (median reported).")] = 20,
+    accuracy: Annotated[bool, typer.Option(help="Also check accuracy against float64 and fla.")] = True,
+) -> None:
+    """Our GDN-2 prefill and decode kernels against fla's on the same inputs (H=16, d=128, bf16)."""
+    import torch
+
+    from .bench_kernels import DEFAULT_SHAPES, markdown, run_kernel_bench
+
+    if not torch.cuda.is_available():
+        raise UserError("bench kernels needs a CUDA device")
+    try:
+        todo = DEFAULT_SHAPES
+        if shapes:
+            todo = tuple(tuple(int(n) for n in s.lower().split("x")) for s in shapes.split(","))
+    except ValueError:
+        raise UserError(f"--shapes must look like 1x4096,8x4096, got {shapes!r}") from None
+    rows = run_kernel_bench(todo, out, repeats=repeats, accuracy=accuracy)
+    console.print(markdown(rows))
+    console.print(f"wrote {out}")
+
+
+tasks_app = typer.Typer(help="Evaluation tasks: list them, or write RULER samples to a file.", no_args_is_help=True)
+app.add_typer(tasks_app, name="tasks")
+
+
+@tasks_app.command("list")
+@user_errors
+def tasks_list(
+    tasks_dir: Annotated[Path | None, typer.Option(help="Also list the tasks defined in this folder.")] = None,
+) -> None:
+    """Every task of the built-in suites (and of --tasks-dir) with a one-line description."""
+    from .ruler import TASKS
+    from .suites import SUITES, TABLE2_COLUMNS
+
+    table = Table(title="tasks")
+    for col in ("task", "suites", "what it measures"):
+        table.add_column(col)
+    metrics = {task: f"{col} ({metric})" for col, task, metric in TABLE2_COLUMNS}
+    seen = dict.fromkeys(t for tasks in SUITES.values() for t in tasks)
+    for task in seen:
+        in_suites = ", ".join(name for name, tasks in SUITES.items() if task in tasks)
+        what = TASKS[task].description if task in TASKS else f"Table 2 column {metrics.get(task, task)}"
+        table.add_row(task, in_suites, what)
+    if tasks_dir is not None:
+        from .runner import task_manager
+
+        manager = task_manager(tasks_dir)
+        for name in sorted(manager.all_tasks):
+            path = str(getattr(manager.task_index.get(name), "yaml_path", "") or "")
+            if path.startswith(str(tasks_dir.resolve())) or path.startswith(str(tasks_dir)):
+                table.add_row(name, "(your folder)", str(path))
+    console.print(table)
+
+
+@tasks_app.command("generate")
+@user_errors
+def tasks_generate(
+    task: Annotated[str, typer.Argument(help="A RULER task, e.g. niah_single_2 (see `gdn2-eval tasks list`).")],
+    length: Annotated[str, typer.Option(help="Target context length in tokens, e.g. 4k or 4096.")],
+    tokenizer: Annotated[str, typer.Option(help="Tokenizer directory of the model to be evaluated.")],
+    out: Annotated[Path, typer.Option(help="Output .jsonl file (RULER's format).")],
+    samples: Annotated[int, typer.Option(help="Number of samples.")] = 500,
+    seed: Annotated[int | None, typer.Option(help="Generation seed [default: ruler.DEFAULT_SEED].")] = None,
+    haystack: Annotated[Path | None, typer.Option(help="Essay haystack: RULER's essay JSON or plain text.")] = None,
+) -> None:
+    """Write RULER samples (index, input, outputs, length, answer_prefix, ...) as JSON lines."""
+    from .ruler import DEFAULT_SEED, generate_samples, get_task, load_tokenizer, parse_length, write_jsonl
+
+    get_task(task)
+    if samples < 1:
+        raise UserError("--samples must be at least 1")
+    tok = load_tokenizer(tokenizer)
+    docs = generate_samples(task, parse_length(length), samples, tok, seed=DEFAULT_SEED if seed is None else seed,
+                            haystack=haystack)
+    write_jsonl(docs, out)
+    console.print(f"wrote {len(docs)} samples of {task} at {parse_length(length)} tokens to {out}")
 
 
 def main() -> None:

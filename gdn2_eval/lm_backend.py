@@ -17,18 +17,23 @@ never silently truncated.
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
+from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
+from transformers import PreTrainedModel
 
 from .errors import UserError
-from .loading import load_model
+from .generation import greedy_generate
+from .loading import load_model, load_tokenizer
 from .model import GDN2ForCausalLM
 
 PPL_PROTOCOLS = ("rolling", "carry")
@@ -40,8 +45,18 @@ class NonFiniteLogits(RuntimeError):
     """NaN or inf in a model's logits: the task stops, naming the request."""
 
 
-def _as_bool(value: Any) -> bool:
-    return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
+# share_prefix="auto": a context is run once for all its continuations when that saves at least this many context
+# tokens; shorter groups are cheaper as one right-padded pass per request (one forward instead of two).
+SHARE_MIN_TOKENS = 256
+
+
+def _share_mode(value: Any) -> bool | str:
+    text = str(value).lower()
+    if text == "auto":
+        return "auto"
+    if text in ("1", "true", "yes", "0", "false", "no"):
+        return text in ("1", "true", "yes")
+    raise UserError(f"share_prefix must be auto, true or false, not {value!r}")
 
 
 @register_model("gdn2")
@@ -58,14 +73,23 @@ class GDN2LM(HFLM):
         chunk_tokens: int = 16384,
         ppl_protocol: str = "rolling",
         ppl_window: int | None = None,
-        share_prefix: bool | str = True,
+        share_prefix: bool | str = "auto",
         gate_ablation: str | None = None,
         kernel: str | None = None,
         max_length: int | None = None,
         **kwargs: Any,
     ) -> None:
         overrides = {k: v for k, v in (("gate_ablation", gate_ablation), ("kernel", kernel)) if v is not None}
-        model, tok = load_model(pretrained, arch=arch, tokenizer=tokenizer, dtype=dtype, device=device, **overrides)
+        if isinstance(pretrained, PreTrainedModel):  # an already loaded model, as lm-eval's `hf` backend accepts
+            model, tok = pretrained.eval(), tokenizer
+            if isinstance(tok, (str, Path)):
+                tok = load_tokenizer(tok)
+            for key, value in overrides.items():
+                if not isinstance(model, GDN2ForCausalLM):
+                    raise UserError(f"GDN-2 option {key} does not apply to a {type(model).__name__}")
+                setattr(model.config, key, value)
+        else:
+            model, tok = load_model(pretrained, arch=arch, tokenizer=tokenizer, dtype=dtype, device=device, **overrides)
         if tok is None:
             raise UserError(f"no tokenizer for {pretrained}: pass tokenizer=DIR (checkpoint files hold none)")
         if ppl_protocol not in PPL_PROTOCOLS:
@@ -82,9 +106,9 @@ class GDN2LM(HFLM):
             max_length=max_length,
             **kwargs,
         )
-        self.model_path = str(pretrained)
+        self.model_path = str(pretrained) if not isinstance(pretrained, PreTrainedModel) else type(pretrained).__name__
         self.chunk_tokens = int(chunk_tokens)
-        self.share_prefix = _as_bool(share_prefix)
+        self.share_prefix = _share_mode(share_prefix)
         self.ppl_protocol = ppl_protocol
         # Default window of the rolling protocol: the length the model was trained at (lm-eval's standard protocol
         # at the model's training length).
@@ -125,23 +149,21 @@ class GDN2LM(HFLM):
         groups: dict[Any, list[int]] = defaultdict(list)
         for i, (_, ctx, _) in enumerate(requests):
             groups[tuple(ctx) if self.share_prefix else i].append(i)
-        # longest first, as lm-eval orders, so memory peaks early; split groups larger than a batch
-        order = sorted(groups.values(), key=lambda ix: -(len(requests[ix[0]][1]) + len(requests[ix[0]][2])))
+        shared, direct = [], []
+        for ix in groups.values():
+            saved = (len(ix) - 1) * len(requests[ix[0]][1])
+            if len(ix) > 1 and (self.share_prefix is True or saved >= SHARE_MIN_TOKENS):
+                shared.append(ix)
+            else:
+                direct.extend([i] for i in ix)
         limit = override_bs or self.batch_size
-        units = [ix[s : s + limit] for ix in order for s in range(0, len(ix), limit)]
-        batches, current, rows = [], [], 0
-        for unit in units:
-            if current and (rows + len(unit) > limit or len(current) >= limit):
-                batches.append(current)
-                current, rows = [], 0
-            current.append(unit)
-            rows += len(unit)
-        if current:
-            batches.append(current)
+        # longest first, as lm-eval orders, so memory peaks early; split groups larger than a batch
+        batches = [(self._score, b) for b in _batches(shared, requests, limit)]
+        batches += [(self._score_direct, b) for b in _batches(direct, requests, limit)]
         results: list[tuple[float, bool] | None] = [None] * len(requests)
         with tqdm(total=len(requests), disable=disable_tqdm or self.rank != 0, desc="loglikelihood") as bar:
-            for batch in batches:
-                scores = self._score(batch, requests)
+            for score, batch in batches:
+                scores = score(batch, requests)
                 for i, score in scores.items():
                     results[i] = score
                     if requests[i][0] is not None:
@@ -190,6 +212,40 @@ class GDN2LM(HFLM):
             greedy &= ((lp.argmax(-1) == targets[:, sl]) | ~m).all(1)
         return {i: (float(logprob[r]), bool(greedy[r])) for r, i in enumerate(members)}
 
+    @torch.no_grad()
+    def _score_direct(self, batch: list[list[int]], requests) -> dict[int, tuple[float, bool]]:
+        """Score requests one row each: context + continuation right-padded, fed `chunk_tokens` at a time with the
+        state carried. No attention mask is needed: a causal model's outputs at real positions never see the pads
+        that follow them, and nothing after a row's last real token is used."""
+        model, dev = self.model, self.device
+        members = [i for unit in batch for i in unit]
+        seqs = [list(requests[i][1]) + list(requests[i][2]) for i in members]
+        inputs, _ = _pad([s[:-1] for s in seqs], side="right", pad=self._pad_id(), device=dev)
+        targets, _ = _pad([s[1:] for s in seqs], side="right", pad=0, device=dev)
+        pos = torch.arange(inputs.shape[1], device=dev)
+        first = torch.tensor([len(requests[i][1]) - 1 for i in members], device=dev)
+        end = torch.tensor([len(s) - 1 for s in seqs], device=dev)
+        scored = (pos >= first[:, None]) & (pos < end[:, None])  # the continuation's predictions
+        row = torch.arange(len(members), device=dev)[:, None].expand_as(scored)
+        logprob = torch.zeros(len(members), dtype=torch.float64, device=dev)
+        wrong = torch.zeros(len(members), dtype=torch.long, device=dev)
+        cache = model.new_cache(len(members))
+        step = max(1, self.chunk_tokens // len(members))
+        for c0 in range(0, inputs.shape[1], step):
+            sl = slice(c0, c0 + step)
+            m = scored[:, sl]
+            keep = 0 if m.any() else 1  # a chunk before every continuation only advances the state
+            logits = model(inputs[:, sl], past_key_values=cache, use_cache=True, logits_to_keep=keep).logits
+            if keep:
+                continue
+            picked = logits[m].float()
+            self._check_finite(picked, [requests[i] for i in members])
+            lp = F.log_softmax(picked, -1)
+            tgt = targets[:, sl][m]
+            logprob.index_add_(0, row[:, sl][m], lp.gather(1, tgt[:, None])[:, 0].double())
+            wrong.index_add_(0, row[:, sl][m], (lp.argmax(-1) != tgt).long())
+        return {i: (float(logprob[r]), bool(wrong[r] == 0)) for r, i in enumerate(members)}
+
     def _pad_id(self) -> int:
         tok = self.tokenizer
         return tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
@@ -234,11 +290,68 @@ class GDN2LM(HFLM):
 
     # ---- generation ----------------------------------------------------------------------------------------------
     def generate_until(self, requests, disable_tqdm: bool = False):
+        """Greedy requests of GDN-2 models go through `gdn2_eval.generation` (chunked prefill, a lean decode loop,
+        finished rows dropped); sampling requests and other models through lm-eval's stock path."""
         if not self.recurrent:
             self._check_fits(
                 [len(self.tok_encode(r.args[0])) + self.max_gen_toks for r in requests], "prompt plus generation budget"
             )
-        return super().generate_until(requests, disable_tqdm=disable_tqdm)
+            return super().generate_until(requests, disable_tqdm=disable_tqdm)
+        groups: dict[str, list[int]] = defaultdict(list)
+        for i, req in enumerate(requests):
+            groups[json.dumps(req.args[1], sort_keys=True, default=str)].append(i)
+        results: list[str | None] = [None] * len(requests)
+        with tqdm(total=len(requests), disable=disable_tqdm or self.rank != 0, desc="generate_until") as bar:
+            for ix in groups.values():
+                gen_kwargs = dict(requests[ix[0]].args[1])
+                if gen_kwargs.get("do_sample") and float(gen_kwargs.get("temperature", 1.0) or 0) > 0:
+                    out = super().generate_until([requests[i] for i in ix], disable_tqdm=True)
+                    for i, text in zip(ix, out):
+                        results[i] = text
+                    bar.update(len(ix))
+                    continue
+                for i, text in self._greedy(requests, ix, gen_kwargs):
+                    results[i] = text
+                    self.cache_hook.add_partial("generate_until", requests[i].args, text)
+                    bar.update(1)
+        return results
+
+    def _greedy(self, requests, ix: list[int], gen_kwargs: dict):
+        """Yield (request index, text) for greedy requests sharing `gen_kwargs`, longest prompts first."""
+        kwargs = normalize_gen_kwargs(gen_kwargs, self.max_gen_toks)
+        eos_text = self.tok_decode(self.eot_token_id, skip_special_tokens=False)
+        until = handle_stop_sequences(kwargs.pop("until", None), eos=eos_text)
+        max_new = int(kwargs.pop("max_gen_toks"))
+        prompts = {i: self.tok_encode(requests[i].args[0]) for i in ix}
+        order = sorted(ix, key=lambda i: -len(prompts[i]))
+        eos_ids = {self.eot_token_id, self.tokenizer.eos_token_id} - {None}
+
+        def finished(_row: int, tokens: list[int]) -> bool:
+            text = self.tok_decode(tokens)
+            return any(stop in text for stop in until)
+
+        for b in range(0, len(order), self.batch_size):
+            batch = order[b : b + self.batch_size]
+            outs = greedy_generate(self.model, [prompts[i] for i in batch], max_new, eos_ids=sorted(eos_ids),
+                                   pad_id=self._pad_id(), chunk_tokens=self.chunk_tokens, finished=finished)
+            for i, toks in zip(batch, outs):
+                yield i, postprocess_generated_text(generation=self.tok_decode(toks), stop=until, think_end_token=None)
+
+
+def _batches(units: list[list[int]], requests, limit: int) -> list[list[list[int]]]:
+    """Pack units (request indices that share a context) into batches of at most `limit` rows, longest first."""
+    order = sorted(units, key=lambda ix: -(len(requests[ix[0]][1]) + len(requests[ix[0]][2])))
+    pieces = [ix[s : s + limit] for ix in order for s in range(0, len(ix), limit)]
+    batches, current, rows = [], [], 0
+    for unit in pieces:
+        if current and rows + len(unit) > limit:
+            batches.append(current)
+            current, rows = [], 0
+        current.append(unit)
+        rows += len(unit)
+    if current:
+        batches.append(current)
+    return batches
 
 
 def _pad(seqs: list[list[int]], side: str, pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:

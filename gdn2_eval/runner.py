@@ -3,6 +3,7 @@ store that survives interruption (see `results_store`)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -43,6 +44,12 @@ class RunSpec:
     force: bool = False
     name: str | None = None
     model_options: dict[str, Any] = field(default_factory=dict)  # backend options: ppl_protocol, chunk_tokens, ...
+    # RULER tasks: context lengths (default: the suite's grid, else 4K), samples per length, seed, essay haystack
+    lengths: list[int] | None = None
+    samples: int | None = None
+    seed: int | None = None
+    haystack: Path | None = None
+    ruler_jsonl: Path | None = None  # evaluate a file made by NVIDIA's RULER scripts instead of generating
 
     @property
     def label(self) -> str:
@@ -52,13 +59,62 @@ class RunSpec:
         return self.out or Path("results") / "runs" / self.label / self.suite
 
 
+@dataclass
+class Unit:
+    """One resumable piece of a run: an lm-eval task, and for RULER tasks one context length."""
+
+    name: str  # file stem under tasks/ and samples/
+    task: str  # lm-eval task name
+    label: str  # task name in summary.csv
+    context_length: int | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)  # passed to the task (RULER generation options)
+
+
+def plan_units(spec: RunSpec) -> list[Unit]:
+    """The units of a run, in order: RULER tasks expand to one unit per context length."""
+    from .ruler import DEFAULT_NUM_SAMPLES, DEFAULT_SEED, TASKS, read_jsonl
+    from .suites import RULER_GRIDS
+
+    ruler_meta = {
+        "tokenizer": str(spec.tokenizer or spec.model),
+        "num_samples": spec.samples or DEFAULT_NUM_SAMPLES,
+        "seed": DEFAULT_SEED if spec.seed is None else spec.seed,
+        "haystack": None if spec.haystack is None else str(spec.haystack),
+    }
+    if spec.ruler_jsonl is not None:
+        docs = read_jsonl(spec.ruler_jsonl)
+        task, length = docs[0].get("task") or "ruler_jsonl", docs[0].get("max_length")
+        return [Unit(f"{task}@{length}", "ruler_jsonl", task, length, {"jsonl": str(spec.ruler_jsonl)})]
+    grid = RULER_GRIDS.get(spec.suite, {})
+    units = []
+    for task in spec.tasks:
+        if task not in TASKS:
+            units.append(Unit(task, task, task))
+            continue
+        for length in spec.lengths or grid.get(task) or [4096]:
+            meta = {**ruler_meta, "max_seq_lengths": [length]}
+            units.append(Unit(f"{task}@{length}", task, task, length, meta))
+    return units
+
+
+def check_ruler_inputs(units: list[Unit], tokenizer) -> None:
+    """Generate one sample per RULER unit before anything is written: a length too short for the template, a
+    tokenizer that cannot encode it or a haystack file of unknown format fails here, with its own message."""
+    from .ruler import generate_samples
+
+    for unit in units:
+        meta = unit.metadata
+        if "max_seq_lengths" in meta:
+            generate_samples(unit.task, unit.context_length, 1, tokenizer, seed=meta["seed"], haystack=meta["haystack"])
+
+
 def builtin_tasks_dir() -> Path:
     from . import tasks
 
     return Path(tasks.__file__).parent
 
 
-def task_manager(tasks_dir: Path | None):
+def task_manager(tasks_dir: Path | None, metadata: dict[str, Any] | None = None):
     from lm_eval.tasks import TaskManager
 
     include = [str(builtin_tasks_dir())]
@@ -66,7 +122,7 @@ def task_manager(tasks_dir: Path | None):
         if not Path(tasks_dir).is_dir():
             raise UserError(f"--tasks-dir {tasks_dir} is not a directory")
         include.append(str(tasks_dir))
-    return TaskManager(include_path=include)
+    return TaskManager(include_path=include, metadata=metadata)
 
 
 def check_tasks(names: list[str], manager) -> None:
@@ -103,6 +159,7 @@ def run(spec: RunSpec, progress=None) -> Path:
 
     manager = task_manager(spec.tasks_dir)
     check_tasks(spec.tasks, manager)
+    units = plan_units(spec)
     out = spec.out_dir()
     _check_out_dir(out, spec.model, spec.force)
     lm = GDN2LM(
@@ -114,22 +171,35 @@ def run(spec: RunSpec, progress=None) -> Path:
         batch_size=spec.batch_size,
         **spec.model_options,
     )
+    check_ruler_inputs(units, lm.tokenizer)
     model_desc = describe_model(lm.model, spec.model)
     protocol = {**lm.protocol(), "limit": spec.limit, "batch_size": lm.batch_size, "suite": spec.suite}
+    ruler = [u for u in units if u.metadata]
+    if ruler:
+        protocol["ruler"] = _ruler_protocol(spec, ruler[0].metadata)
     fingerprint = {"model_hash": model_desc["hash"], **protocol}
     cache = out / "cache" / "requests"
     if not spec.resume:
         shutil.rmtree(out / "cache", ignore_errors=True)
     cache.parent.mkdir(parents=True, exist_ok=True)
 
-    for task in spec.tasks:
+    managers: dict[str, Any] = {}
+    for n, unit in enumerate(units):
+        task = unit.task
         if progress:
-            progress(task, "start")
-        done = task_file(out, task)
+            progress(unit.name, "start", n, len(units))
+        done = task_file(out, unit.name)
         if spec.resume and done.is_file() and read_json(done).get("fingerprint") == fingerprint:
             if progress:
-                progress(task, "skipped (finished earlier)")
+                progress(unit.name, "skipped (finished earlier)", n, len(units))
             continue
+        if unit.metadata:  # a task manager per set of generation options (lm-eval passes them to the task)
+            key = json.dumps(unit.metadata, sort_keys=True)
+            if key not in managers:
+                managers[key] = task_manager(spec.tasks_dir, unit.metadata)
+            unit_manager = managers[key]
+        else:
+            unit_manager = manager
         try:
             with local_datasets(spec.data_dir):
                 res = lm_eval.simple_evaluate(
@@ -137,7 +207,7 @@ def run(spec: RunSpec, progress=None) -> Path:
                     tasks=[task],
                     limit=spec.limit,
                     log_samples=True,
-                    task_manager=manager,
+                    task_manager=unit_manager,
                     use_cache=str(cache),
                     bootstrap_iters=0,
                     **SEEDS,
@@ -151,21 +221,26 @@ def run(spec: RunSpec, progress=None) -> Path:
             raise UserError(f"task {task}: {e}") from None
         if res is None:  # non-zero ranks under a distributed launch
             continue
-        unit = {
-            "task": task,
+        rename = {task: unit.label}  # e.g. ruler_jsonl -> the RULER task the file holds
+        record = {
+            "task": unit.label,
+            "unit": unit.name,
             "fingerprint": fingerprint,
-            "results": res["results"],
-            "n_samples": {t: v.get("effective") for t, v in res.get("n-samples", {}).items()},
-            "context_length": {t: (c.get("metadata") or {}).get("context_length") for t, c in res["configs"].items()},
+            "results": {rename.get(t, t): m for t, m in res["results"].items()},
+            "n_samples": {rename.get(t, t): v.get("effective") for t, v in res.get("n-samples", {}).items()},
+            "context_length": {
+                rename.get(t, t): unit.context_length or (c.get("metadata") or {}).get("context_length")
+                for t, c in res["configs"].items()
+            },
             "configs": res["configs"],
             "finished": datetime.now(timezone.utc).isoformat(),
         }
         for t, samples in res.get("samples", {}).items():
-            write_samples(out / "samples" / f"{t}.jsonl", samples)
-        write_json(done, unit)  # the commit point of this unit
+            write_samples(out / "samples" / f"{unit.name if t == task else t}.jsonl", samples)
+        write_json(done, record)  # the commit point of this unit
         _write_run_files(out, spec, model_desc, protocol)
         if progress:
-            progress(task, "done")
+            progress(unit.name, "done", n, len(units))
     _write_run_files(out, spec, model_desc, protocol)
     return out
 
@@ -173,7 +248,7 @@ def run(spec: RunSpec, progress=None) -> Path:
 def _write_run_files(out: Path, spec: RunSpec, model_desc: dict, protocol: dict) -> None:
     """results.json and summary.csv from every finished unit in the directory."""
     units = [read_json(f) for f in sorted((out / "tasks").glob("*.json"))]
-    results = {t: m for u in units for t, m in u["results"].items()}
+    results = {_result_key(u, t): m for u in units for t, m in u["results"].items()}
     rows = [r for u in units for r in summary_rows(spec.label, model_desc["family"], u["fingerprint"]["suite"], u)]
     write_json(
         out / "results.json",
@@ -189,7 +264,29 @@ def _write_run_files(out: Path, spec: RunSpec, model_desc: dict, protocol: dict)
             "git_revision": git_revision(),
             "seeds": SEEDS,
             "results": results,
-            "n_samples": {t: n for u in units for t, n in u["n_samples"].items()},
+            "n_samples": {_result_key(u, t): n for u in units for t, n in u["n_samples"].items()},
         },
     )
     write_summary(out / "summary.csv", rows)
+
+
+def _result_key(unit: dict, task: str) -> str:
+    """Key of a task's results in results.json: the task, with its context length for RULER units."""
+    length = unit.get("context_length", {}).get(task)
+    return f"{task}@{length}" if "@" in unit.get("unit", "") and length else task
+
+
+def _ruler_protocol(spec: RunSpec, meta: dict[str, Any]) -> dict[str, Any]:
+    """The RULER generation options of a run, with the identity of the essay haystack used."""
+    from .ruler import resolve_haystack
+
+    if spec.ruler_jsonl is not None:
+        return {"jsonl": str(spec.ruler_jsonl), "sha256": file_hash(spec.ruler_jsonl)}
+    haystack = resolve_haystack("essay", meta["haystack"])
+    return {
+        "samples": meta["num_samples"],
+        "seed": meta["seed"],
+        "tokenizer": meta["tokenizer"],
+        "essay_haystack": haystack.identity(),
+        "tokens_to_generate": 128,
+    }

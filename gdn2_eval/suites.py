@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .ruler.registry import FULL_LENGTHS, PAPER_GRID, TASKS
+
 # Table 2 columns: (column, lm-eval task, metric). The Avg. is the mean of LAMBADA acc and the eight reasoning
 # accuracies, in percent.
 TABLE2_COLUMNS: list[tuple[str, str, str]] = [
@@ -26,8 +28,16 @@ SUITES: dict[str, list[str]] = {
     "table2": ["wikitext", "lambada_openai", *_COMMONSENSE],
 }
 
+# RULER suites: task -> context lengths. `ruler` is the paper's Table 3 grid; `ruler-full` all eight NIAH tasks.
+RULER_GRIDS: dict[str, dict[str, list[int]]] = {
+    "ruler": PAPER_GRID,
+    "ruler-full": {task: FULL_LENGTHS for task in TASKS},
+}
+for _name, _grid in RULER_GRIDS.items():
+    SUITES[_name] = list(_grid)
+
 # Metrics reported in percent (lm-eval gives fractions); perplexities stay as they are.
-PERCENT_METRICS = {"acc", "acc_norm", "exact_match", "em", "f1", "contains"}
+PERCENT_METRICS = {"acc", "acc_norm", "exact_match", "em", "f1", "contains", "string_match_all"}
 
 
 def suite_tasks(name: str) -> list[str]:

@@ -5,8 +5,11 @@ Backends:
 * ``fla``    - fla's ``chunk_gdn2`` / ``fused_recurrent_gdn2`` Triton kernels; CUDA only.
 * ``triton`` - this project's inference kernels (``gdn2_eval.kernels.gdn2.chunk`` / ``fused_recurrent``); CUDA only.
 
-``auto`` takes the best available for the device. A request comes from the model config (``kernel``) and can be
-overridden without touching the config through the ``GDN2_KERNEL`` environment variable.
+``auto`` takes the best available for the device: on CUDA fla's kernels first, then ours, then PyTorch. Our
+kernels pass their correctness tests (CPU interpreter and GPU) but are not yet faster than fla at the benchmark
+shapes (see ``results/bench/kernels_h100.json``), so ``auto`` prefers them only once ``TRITON_PREFERRED`` is set.
+A request comes from the model config (``kernel``) and can be overridden without touching the config through the
+``GDN2_KERNEL`` environment variable.
 """
 
 from __future__ import annotations
@@ -23,8 +26,14 @@ ENV_VAR = "GDN2_KERNEL"
 BACKENDS = ("auto", "triton", "fla", "torch")
 # Inputs up to this many tokens per sequence go through the token-by-token kernel (decoding, short continuations).
 RECURRENT_MAX_T = 16
-# Preference order for `auto` on CUDA.
-_CUDA_PREFERENCE = ("triton", "fla", "torch")
+# Whether `auto` on CUDA puts this project's kernels before fla's. Set only when they are both correct and not
+# slower than fla at every benchmark shape (`gdn2-eval bench kernels`); until then they are selectable by name.
+TRITON_PREFERRED = False
+
+
+def _cuda_preference() -> tuple[str, ...]:
+    """Preference order for `auto` on CUDA."""
+    return ("triton", "fla", "torch") if TRITON_PREFERRED else ("fla", "triton", "torch")
 
 
 def _has_module(name: str) -> bool:
@@ -43,7 +52,7 @@ def available_backends(device: torch.device | str) -> list[str]:
     if torch.device(device).type != "cuda":
         return ["torch"]
     ready = {"triton": _triton_kernels_ready(), "fla": _has_module("fla"), "torch": True}
-    return [name for name in _CUDA_PREFERENCE if ready[name]]
+    return [name for name in _cuda_preference() if ready[name]]
 
 
 def resolve_backend(requested: str | None, device: torch.device | str) -> str:

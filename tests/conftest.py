@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import pytest
 import torch
+
+# Without a GPU, Triton kernels can only run in Triton's interpreter; it must be chosen before any module defines
+# a kernel (the project's or a dependency's), so here, before anything imports triton.
+if not torch.cuda.is_available() and os.environ.get("GDN2_TRITON_TEST_DEVICE", "cpu") == "cpu":
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import gdn2_eval  # noqa: F401  (registers the model type)
 from gdn2_eval import GDN2Config, GDN2ForCausalLM
@@ -176,3 +182,21 @@ def write_user_tasks(folder: Path, n_mc: int = 12, n_docs: int = 6, doc_words: i
         "metric_list:\n  - metric: word_perplexity\n    aggregation: weighted_perplexity\n    higher_is_better: false\n"
     )
     return folder
+
+
+def bpe_tokenizer(vocab_size: int = 600):
+    """A byte-level BPE trained here on the built-in RULER corpus and templates (no hub)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from gdn2_eval.ruler import ANSWER_PREFIX, NOISE, TEMPLATE, builtin_essay
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        special_tokens=["<s>", "</s>", "<pad>"], show_progress=False,
+    )
+    bpe.train_from_iterator([builtin_essay().text, TEMPLATE, ANSWER_PREFIX, NOISE], trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", pad_token="<pad>")

@@ -54,12 +54,15 @@ def test_batched_equals_unbatched_and_sharing_equals_no_sharing(tiny_model_dir, 
     batched = lm.loglikelihood(ll_requests(PAIRS))
     single = GDN2LM(str(tiny_model_dir), device="cpu", dtype="fp32", batch_size=1)
     unshared = GDN2LM(str(tiny_model_dir), device="cpu", dtype="fp32", batch_size=8, share_prefix=False)
-    for other in (single.loglikelihood(ll_requests(PAIRS)), unshared.loglikelihood(ll_requests(PAIRS))):
+    shared = GDN2LM(str(tiny_model_dir), device="cpu", dtype="fp32", batch_size=3, share_prefix=True)
+    others = [m.loglikelihood(ll_requests(PAIRS)) for m in (single, unshared, shared)]
+    for other in others:
         for (a, ga), (b, gb) in zip(batched, other):
             assert a == pytest.approx(b, rel=1e-5, abs=1e-4) and ga == gb
 
 
-def test_prefix_sharing_runs_a_shared_context_once(lm, monkeypatch):
+def test_prefix_sharing_runs_a_shared_context_once(tiny_model_dir, monkeypatch):
+    lm = GDN2LM(str(tiny_model_dir), device="cpu", dtype="fp32", batch_size=8, share_prefix=True)
     calls = []
     real = lm.model.forward
 
@@ -73,14 +76,32 @@ def test_prefix_sharing_runs_a_shared_context_once(lm, monkeypatch):
     assert len(prefill) == 1, calls  # the context ran once, for one row
 
 
+def test_auto_sharing_picks_by_saved_context_tokens(tiny_model_dir, monkeypatch):
+    """`auto` runs a context once only when that saves enough tokens; otherwise one pass per request."""
+    lm = GDN2LM(str(tiny_model_dir), device="cpu", dtype="fp32", batch_size=8)
+    assert lm.protocol()["share_prefix"] == "auto"
+    used = []
+    for name in ("_score", "_score_direct"):
+        real = getattr(lm, name)
+        monkeypatch.setattr(lm, name, lambda b, r, real=real, name=name: used.append(name) or real(b, r))
+    short = [(words(10, 1), " " + words(2, 2 + i)) for i in range(4)]  # saves 3 x ~10 tokens: direct
+    long = [(words(300, 3), " " + words(2, 9 + i)) for i in range(4)]  # saves 3 x ~300 tokens: shared
+    got = lm.loglikelihood(ll_requests(short + long))
+    assert sorted(used) == ["_score", "_score_direct"]
+    for (ctx, cont), (lp, greedy) in zip(short + long, got):
+        assert (lp, greedy) == pytest.approx(direct_loglikelihood(lm, ctx, cont), rel=1e-5, abs=1e-4)
+    with pytest.raises(UserError, match="share_prefix"):
+        GDN2LM(str(tiny_model_dir), device="cpu", share_prefix="sometimes")
+
+
 def test_chunked_long_inputs_equal_one_shot(tiny_model_dir):
     long_pairs = [(words(300, 11), " " + words(150, 12)), (words(20, 13), " " + words(200, 14))]
     one_shot = GDN2LM(str(tiny_model_dir), device="cpu", dtype="fp32", chunk_tokens=1 << 20)
-    chunked = GDN2LM(str(tiny_model_dir), device="cpu", dtype="fp32", chunk_tokens=37)
-    for (a, ga), (b, gb) in zip(
-        one_shot.loglikelihood(ll_requests(long_pairs)), chunked.loglikelihood(ll_requests(long_pairs))
-    ):
-        assert a == pytest.approx(b, rel=1e-5, abs=1e-3) and ga == gb
+    expected = one_shot.loglikelihood(ll_requests(long_pairs))
+    for share in (True, False):  # both scoring paths carry state across chunks
+        chunked = GDN2LM(str(tiny_model_dir), device="cpu", dtype="fp32", chunk_tokens=37, share_prefix=share)
+        for (a, ga), (b, gb) in zip(expected, chunked.loglikelihood(ll_requests(long_pairs))):
+            assert a == pytest.approx(b, rel=1e-5, abs=1e-3) and ga == gb
     ref, _ = direct_loglikelihood(one_shot, *long_pairs[0])
     assert one_shot.loglikelihood(ll_requests(long_pairs[:1]))[0][0] == pytest.approx(ref, rel=1e-5)
 
@@ -158,3 +179,35 @@ def test_non_recurrent_model_refuses_to_truncate(tmp_path, tokenizer_dir):
     assert len(ok) == 1
     with pytest.raises(UserError, match="does not fit this model's limit of 64 tokens"):
         lm.loglikelihood(ll_requests([(words(100, 1), " w3")]))
+
+
+def test_batched_greedy_generation_equals_each_prompt_alone(tiny_model_dir):
+    """Prompts of different lengths in one left-padded batch, rows dropped as they finish: every prediction equals
+    the model's own `generate` on that prompt alone."""
+    lm = GDN2LM(str(tiny_model_dir), device="cpu", dtype="fp32", batch_size=4, chunk_tokens=40)
+    prompts = [words(n, 40 + n) for n in (5, 60, 23, 90, 41, 12)]
+    gen = {"until": [], "max_gen_toks": 12, "do_sample": False}
+    reqs = [Instance("generate_until", {}, (p, gen), i) for i, p in enumerate(prompts)]
+    got = lm.generate_until(reqs)
+    for prompt, text in zip(prompts, got):
+        ids = torch.tensor([lm.tok_encode(prompt)])
+        with torch.no_grad():
+            ref = lm.model.generate(ids, max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=3)
+        assert text == lm.tok_decode(ref[0, ids.shape[1] :].tolist())
+
+
+def test_greedy_generation_stops_at_eos_and_drops_finished_rows(tiny_model_dir):
+    from gdn2_eval.generation import greedy_generate
+
+    lm = GDN2LM(str(tiny_model_dir), device="cpu", dtype="fp32")
+    prompts = [lm.tok_encode(words(n, 70 + n)) for n in (8, 30, 17)]
+    free = greedy_generate(lm.model, prompts, 20)
+    assert all(len(t) == 20 for t in free)
+    stop_tok = free[1][4]  # make row 1's fifth token the end of sequence
+    cut = greedy_generate(lm.model, prompts, 20, eos_ids=[stop_tok], check_every=2)
+    for full, short in zip(free, cut):
+        first = full.index(stop_tok) if stop_tok in full else len(full)
+        assert short == full[:first]  # other rows unchanged by the dropped one
+    early = greedy_generate(lm.model, prompts, 20, finished=lambda row, toks: row == 0 and len(toks) >= 4,
+                            check_every=4)
+    assert early[0] == free[0][:4] and early[1:] == free[1:]

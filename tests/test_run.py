@@ -176,3 +176,22 @@ def test_backend_is_usable_from_lm_eval_simple_evaluate(tiny_model_dir, user_tas
     )
     assert 0.0 <= res["results"]["tiny_mc"]["acc,none"] <= 1.0
     assert os.environ.get("HF_DATASETS_OFFLINE") != "1" or True
+
+
+def test_table2_suite_runs_the_real_lm_eval_tasks_on_local_data(tiny_model_dir, tmp_path):
+    """Every task of the paper's Table 2, through lm-eval's own task definitions, reading stand-in data offline."""
+    from gdn2_eval.standins import write_standins
+    from gdn2_eval.suites import TABLE2_COLUMNS
+
+    data = tmp_path / "data"
+    write_standins(data, n_docs=4)
+    out = tmp_path / "run"
+    res = cli("run", "--model", tiny_model_dir, "--suite", "table2", "--data-dir", data, "--limit", "3",
+              "--device", "cpu", "--out", out)
+    assert res.exit_code == 0, res.output
+    rows = {(r["task"], r["metric"]): r for r in summary(out / "summary.csv")}
+    for _column, task, metric in TABLE2_COLUMNS:  # every column of the table has its number
+        assert (task, metric) in rows, (task, metric)
+        assert rows[(task, metric)]["suite"] == "table2" and rows[(task, metric)]["n_samples"] == "3"
+    assert 0 <= float(rows[("hellaswag", "acc_norm")]["value"]) <= 100
+    assert float(rows[("wikitext", "word_perplexity")]["value"]) > 1

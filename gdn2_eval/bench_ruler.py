@@ -1,0 +1,134 @@
+"""RULER on a GPU: wall time of the `gdn2` backend's generation against lm-eval's stock `hf` backend on the same
+model and the same prompts, and one long sample (up to 128K tokens) with its time and peak memory.
+
+The prompts are the paper's Table 3 grid (S-NIAH-1/2 at 1K-8K, S-NIAH-3 and MK-NIAH-1 at 1K-4K), generated for a
+byte-level BPE trained here on the built-in haystack (no hub). Both backends wrap one in-memory model and serve the
+same lm-eval `generate_until` requests; predictions and RULER scores are compared cell by cell. Run on a GPU:
+
+    python -m gdn2_eval.bench_ruler --out results/bench/ruler_h100.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+GEN = {"until": [], "max_gen_toks": 128, "do_sample": False, "temperature": 0.0}
+
+
+def build_tokenizer(folder: Path, vocab_size: int = 8000) -> Path:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from .ruler import ANSWER_PREFIX, NOISE, TEMPLATE, builtin_essay
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  special_tokens=["<s>", "</s>", "<pad>"], show_progress=False)
+    bpe.train_from_iterator([builtin_essay().text, TEMPLATE, ANSWER_PREFIX, NOISE] * 4, trainer)
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    tok.save_pretrained(folder)
+    return folder
+
+
+def requests_for(docs: list[dict]) -> list:
+    from lm_eval.api.instance import Instance
+
+    return [Instance("generate_until", d, (d["input"] + d["answer_prefix"], dict(GEN)), i) for i, d in enumerate(docs)]
+
+
+def timed(fn) -> tuple[float, Any]:
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    out = fn()
+    torch.cuda.synchronize()
+    return time.perf_counter() - t0, out
+
+
+def bench(samples: int, batch_size: int, hf_batch_size: int, long_length: int, hf_budget_s: float,
+          kernel: str) -> dict[str, Any]:
+    from lm_eval.models.huggingface import HFLM
+
+    from .lm_backend import GDN2LM
+    from .model import GDN2Config, GDN2ForCausalLM
+    from .ruler import PAPER_GRID, generate_samples, load_tokenizer, sample_score
+
+    work = Path(tempfile.mkdtemp(prefix="bench-ruler-"))
+    tok_dir = build_tokenizer(work / "tok")
+    tok = load_tokenizer(str(tok_dir))
+    torch.manual_seed(0)
+    model = GDN2ForCausalLM(GDN2Config.from_preset("gdn2_1.3B", kernel=kernel)).to("cuda", torch.bfloat16).eval()
+    report: dict[str, Any] = {"device": torch.cuda.get_device_name(), "model": "gdn2_1.3B (random weights, bf16)",
+                              "kernel": kernel, "samples_per_cell": samples, "gdn2_batch_size": batch_size,
+                              "hf_batch_size": hf_batch_size, "cells": {}}
+
+    t_gen = time.perf_counter()
+    cells = {(task, length): generate_samples(task, length, samples, tok)
+             for task, lengths in PAPER_GRID.items() for length in lengths}
+    report["sample_generation_s"] = time.perf_counter() - t_gen
+
+    ours = GDN2LM(pretrained=model, tokenizer=str(tok_dir), batch_size=batch_size)
+    stock = HFLM(pretrained=model, tokenizer=str(tok_dir), batch_size=hf_batch_size, max_length=1 << 20)
+    warm = requests_for(cells[("niah_single_1", 1024)][:4])  # compile / autotune outside the timings
+    ours.generate_until(warm, disable_tqdm=True), stock.generate_until(warm, disable_tqdm=True)
+
+    # one long sample: prefill in chunks carrying state, constant-size decode state
+    if long_length:
+        doc = generate_samples("niah_single_2", long_length, 1, tok)[0]
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        secs, pred = timed(lambda: ours.generate_until(requests_for([doc]), disable_tqdm=True))
+        report["long_sample"] = {"length": long_length, "prompt_tokens": doc["length"] - 128, "seconds": secs,
+                                 "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
+                                 "peak_above_weights_gib": (torch.cuda.max_memory_allocated() - base) / 2**30,
+                                 "prediction": pred[0][:80]}
+        print(json.dumps(report["long_sample"]), flush=True)
+
+    all_reqs = [r for docs in cells.values() for r in requests_for(docs)]
+    report["gdn2_total_s"], _ = timed(lambda: ours.generate_until(all_reqs, disable_tqdm=True))
+    spent_hf = 0.0
+    for (task, length), docs in cells.items():
+        reqs = requests_for(docs)
+        t_ours, p_ours = timed(lambda reqs=reqs: ours.generate_until(reqs, disable_tqdm=True))
+        cell = {"gdn2_s": t_ours, "gdn2_score": 100 * sum(sample_score(p, d["outputs"]) for p, d in zip(p_ours, docs))
+                / len(docs)}
+        if spent_hf < hf_budget_s:
+            t_hf, p_hf = timed(lambda reqs=reqs: stock.generate_until(reqs, disable_tqdm=True))
+            spent_hf += t_hf
+            cell.update(hf_s=t_hf, speedup=t_hf / t_ours,
+                        hf_score=100 * sum(sample_score(p, d["outputs"]) for p, d in zip(p_hf, docs)) / len(docs),
+                        same_prediction=sum(a == b for a, b in zip(p_ours, p_hf)) / len(docs),
+                        same_first_16_chars=sum(a[:16] == b[:16] for a, b in zip(p_ours, p_hf)) / len(docs))
+        report["cells"][f"{task}@{length}"] = cell
+        print(json.dumps({f"{task}@{length}": cell}), flush=True)
+    both = [c for c in report["cells"].values() if "hf_s" in c]
+    report["cells_with_both"] = len(both)
+    report["speedup_on_those_cells"] = sum(c["hf_s"] for c in both) / max(1e-9, sum(c["gdn2_s"] for c in both))
+    return report
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--samples", type=int, default=50, help="samples per (task, length) cell")
+    ap.add_argument("--batch-size", type=int, default=64, help="rows per batch of the gdn2 backend")
+    ap.add_argument("--hf-batch-size", type=int, default=64, help="rows per batch of the stock hf backend")
+    ap.add_argument("--long-length", type=int, default=131072, help="one sample at this length (0: skip)")
+    ap.add_argument("--hf-budget-s", type=float, default=240.0, help="stop running hf cells after this many seconds")
+    ap.add_argument("--kernel", default="fla")
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args()
+    report = bench(args.samples, args.batch_size, args.hf_batch_size, args.long_length, args.hf_budget_s, args.kernel)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""`gdn2-eval run --suite ruler` end to end on a tiny model, `tasks generate` / `--ruler-jsonl`, `tasks list`."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from gdn2_eval.cli import app
+from gdn2_eval.ruler import TASKS, read_jsonl
+
+from conftest import bpe_tokenizer, tiny_model
+
+runner = CliRunner()
+
+
+def cli(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def summary(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def ruler_model(tmp_path_factory):
+    """A tiny hybrid GDN-2 with a byte-level BPE (600 entries) that can spell RULER's prompts."""
+    out = tmp_path_factory.mktemp("ruler") / "tiny"
+    tiny_model("hybrid", seed=5, vocab_size=640).save_pretrained(out)
+    bpe_tokenizer(600).save_pretrained(out)
+    return out
+
+
+def test_ruler_suite_writes_one_row_per_task_and_length(ruler_model, tmp_path):
+    out = tmp_path / "run"
+    res = cli("run", "--model", ruler_model, "--suite", "ruler", "--lengths", "1k", "--samples", "5",
+              "--device", "cpu", "--batch-size", "4", "--out", out)
+    assert res.exit_code == 0, res.output
+    rows = summary(out / "summary.csv")
+    assert {(r["task"], r["context_length"]) for r in rows} == {
+        (t, "1024") for t in ("niah_single_1", "niah_single_2", "niah_single_3", "niah_multikey_1")
+    }
+    assert all(r["metric"] == "string_match_all" and r["n_samples"] == "5" for r in rows)
+    assert all(0 <= float(r["value"]) <= 100 for r in rows)
+    logs = [json.loads(line) for line in (out / "samples" / "niah_single_2@1024.jsonl").read_text().splitlines()]
+    assert len(logs) == 5
+    doc = logs[0]["doc"]
+    assert doc["max_length"] == 1024 and isinstance(doc["depth"], int) and doc["outputs"] and doc["keys"]
+    assert isinstance(logs[0]["resps"][0][0], str)  # the prediction
+    results = json.loads((out / "results.json").read_text())
+    assert results["protocol"]["ruler"]["samples"] == 5
+    assert results["protocol"]["ruler"]["essay_haystack"]["name"]  # which haystack was used
+    assert "niah_single_1@1024" in results["results"]
+
+
+def test_generated_file_evaluates_like_the_generated_task(ruler_model, tmp_path):
+    file = tmp_path / "s2.jsonl"
+    res = cli("tasks", "generate", "niah_single_2", "--length", "1k", "--samples", "3", "--tokenizer", ruler_model,
+              "--out", file)
+    assert res.exit_code == 0, res.output
+    docs = read_jsonl(file)
+    assert len(docs) == 3 and {"index", "input", "outputs", "length", "answer_prefix"} <= set(docs[0])
+    direct = tmp_path / "direct"
+    via_file = tmp_path / "file"
+    common = ["--model", ruler_model, "--device", "cpu", "--batch-size", "4"]
+    assert cli("run", *common, "--tasks", "niah_single_2", "--lengths", "1k", "--samples", "3",
+               "--out", direct).exit_code == 0
+    res = cli("run", *common, "--ruler-jsonl", file, "--out", via_file)
+    assert res.exit_code == 0, res.output
+    a, b = summary(direct / "summary.csv"), summary(via_file / "summary.csv")
+    assert [(r["task"], r["context_length"], r["value"]) for r in a] == [
+        (r["task"], r["context_length"], r["value"]) for r in b
+    ]
+
+
+def test_ruler_bad_inputs_write_nothing(ruler_model, tmp_path):
+    out = tmp_path / "bad"
+    res = cli("run", "--model", ruler_model, "--tasks", "niah_single_1", "--lengths", "100", "--samples", "2",
+              "--device", "cpu", "--out", out)
+    assert res.exit_code == 2 and "100" in res.output
+    assert not out.exists()
+    weird = tmp_path / "hay.bin"
+    weird.write_bytes(b"\x00\x01\x02")
+    res = cli("run", "--model", ruler_model, "--tasks", "niah_single_2", "--lengths", "1k", "--haystack", weird,
+              "--device", "cpu", "--out", out)
+    assert res.exit_code == 2 and not out.exists()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"index": 0, "input": "x"}) + "\n")
+    res = cli("run", "--model", ruler_model, "--ruler-jsonl", bad, "--device", "cpu", "--out", out)
+    assert res.exit_code == 2 and "outputs" in res.output and not out.exists()
+
+
+def test_tasks_list_describes_every_task():
+    res = cli("tasks", "list")
+    assert res.exit_code == 0
+    for name in [*TASKS, "piqa", "wikitext"]:
+        assert name in res.output
