@@ -238,6 +238,8 @@ def niah_samples(*paths: str | Path) -> pd.DataFrame:
                     continue
                 depths = depth if isinstance(depth, list) else [depth]
                 for d in dict.fromkeys(float(x) for x in depths if isinstance(x, (int, float))):
-                    rows.append(dict(run=str(run), model=meta["label"], family=meta["family"], task=f.stem,
+                    # the RULER task from the sample (file stems are units such as niah_single_2@4096)
+                    task = doc.get("task") or f.stem.partition("@")[0]
+                    rows.append(dict(run=str(run), model=meta["label"], family=meta["family"], task=task,
                                      context_length=int(length), depth=d, score=score))
     return pd.DataFrame(rows, columns=NIAH_SAMPLE_COLUMNS)

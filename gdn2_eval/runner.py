@@ -70,8 +70,12 @@ class Unit:
     metadata: dict[str, Any] = field(default_factory=dict)  # passed to the task (RULER generation options)
 
 
-def plan_units(spec: RunSpec) -> list[Unit]:
-    """The units of a run, in order: RULER tasks expand to one unit per context length."""
+RULER_TAG = "ruler_niah"  # a task with this tag (built-in or in --tasks-dir) takes the RULER generation options
+
+
+def plan_units(spec: RunSpec, manager=None) -> list[Unit]:
+    """The units of a run, in order: RULER tasks (the built-in ones and any task tagged `ruler_niah`) expand to one
+    unit per context length and receive the generation options."""
     from .ruler import DEFAULT_NUM_SAMPLES, DEFAULT_SEED, TASKS, read_jsonl
     from .suites import RULER_GRIDS
 
@@ -88,7 +92,8 @@ def plan_units(spec: RunSpec) -> list[Unit]:
     grid = RULER_GRIDS.get(spec.suite, {})
     units = []
     for task in spec.tasks:
-        if task not in TASKS:
+        entry = manager.task_index.get(task) if manager is not None else None
+        if task not in TASKS and RULER_TAG not in (getattr(entry, "tags", None) or ()):
             units.append(Unit(task, task, task))
             continue
         for length in spec.lengths or grid.get(task) or [4096]:
@@ -100,11 +105,11 @@ def plan_units(spec: RunSpec) -> list[Unit]:
 def check_ruler_inputs(units: list[Unit], tokenizer) -> None:
     """Generate one sample per RULER unit before anything is written: a length too short for the template, a
     tokenizer that cannot encode it or a haystack file of unknown format fails here, with its own message."""
-    from .ruler import generate_samples
+    from .ruler import TASKS, generate_samples
 
     for unit in units:
         meta = unit.metadata
-        if "max_seq_lengths" in meta:
+        if "max_seq_lengths" in meta and unit.task in TASKS:
             generate_samples(unit.task, unit.context_length, 1, tokenizer, seed=meta["seed"], haystack=meta["haystack"])
 
 
@@ -159,7 +164,7 @@ def run(spec: RunSpec, progress=None) -> Path:
 
     manager = task_manager(spec.tasks_dir)
     check_tasks(spec.tasks, manager)
-    units = plan_units(spec)
+    units = plan_units(spec, manager)
     out = spec.out_dir()
     _check_out_dir(out, spec.model, spec.force)
     lm = GDN2LM(

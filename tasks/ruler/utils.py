@@ -35,6 +35,7 @@ from gdn2_eval.ruler import (
     DEFAULT_NUM_SAMPLES,
     DEFAULT_SEED,
     RulerError,
+    TaskSpec,
     generate_samples,
     load_tokenizer,
     parse_length,
@@ -94,7 +95,7 @@ def _int(metadata: dict[str, Any], key: str, default: int) -> int:
         raise RulerError(f"task metadata {key}={value!r} is not an integer") from None
 
 
-def build_samples(task: str, **metadata: Any) -> list[dict[str, Any]]:
+def build_samples(task: str | TaskSpec, **metadata: Any) -> list[dict[str, Any]]:
     """The samples of `task` for every length in the metadata (see the module docstring)."""
     tokenizer = resolve_tokenizer(metadata)
     num_samples = _int(metadata, "num_samples", DEFAULT_NUM_SAMPLES)
@@ -106,7 +107,7 @@ def build_samples(task: str, **metadata: Any) -> list[dict[str, Any]]:
     return samples
 
 
-def build_dataset(task: str, **metadata: Any) -> dict[str, Any]:
+def build_dataset(task: str | TaskSpec, **metadata: Any) -> dict[str, Any]:
     import datasets
 
     return {"test": datasets.Dataset.from_list(build_samples(task, **metadata), split=datasets.Split.TEST)}
