@@ -118,36 +118,24 @@ def process_results(doc: dict[str, Any], results: list[str]) -> dict[str, float]
     return {"string_match_all": sample_score(results[0], doc["outputs"])}
 
 
-def niah_single_1(**metadata: Any) -> dict[str, Any]:
-    return build_dataset("niah_single_1", **metadata)
+def _task_dataset(task: str):
+    """The `custom_dataset` hook of one built-in task (the YAML names it: `!function utils.<task>`)."""
+
+    def dataset(**metadata: Any) -> dict[str, Any]:
+        return build_dataset(task, **metadata)
+
+    dataset.__name__ = dataset.__qualname__ = task
+    return dataset
 
 
-def niah_single_2(**metadata: Any) -> dict[str, Any]:
-    return build_dataset("niah_single_2", **metadata)
-
-
-def niah_single_3(**metadata: Any) -> dict[str, Any]:
-    return build_dataset("niah_single_3", **metadata)
-
-
-def niah_multikey_1(**metadata: Any) -> dict[str, Any]:
-    return build_dataset("niah_multikey_1", **metadata)
-
-
-def niah_multikey_2(**metadata: Any) -> dict[str, Any]:
-    return build_dataset("niah_multikey_2", **metadata)
-
-
-def niah_multikey_3(**metadata: Any) -> dict[str, Any]:
-    return build_dataset("niah_multikey_3", **metadata)
-
-
-def niah_multivalue(**metadata: Any) -> dict[str, Any]:
-    return build_dataset("niah_multivalue", **metadata)
-
-
-def niah_multiquery(**metadata: Any) -> dict[str, Any]:
-    return build_dataset("niah_multiquery", **metadata)
+niah_single_1 = _task_dataset("niah_single_1")
+niah_single_2 = _task_dataset("niah_single_2")
+niah_single_3 = _task_dataset("niah_single_3")
+niah_multikey_1 = _task_dataset("niah_multikey_1")
+niah_multikey_2 = _task_dataset("niah_multikey_2")
+niah_multikey_3 = _task_dataset("niah_multikey_3")
+niah_multivalue = _task_dataset("niah_multivalue")
+niah_multiquery = _task_dataset("niah_multiquery")
 
 
 # Fields kept from a RULER .jsonl file (NVIDIA's scripts write more; these are what prompting and scoring need).
