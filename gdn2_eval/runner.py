@@ -77,7 +77,7 @@ def plan_units(spec: RunSpec, manager=None) -> list[Unit]:
     """The units of a run, in order: RULER tasks (the built-in ones and any task tagged `ruler_niah`) expand to one
     unit per context length and receive the generation options."""
     from .ruler import DEFAULT_NUM_SAMPLES, DEFAULT_SEED, TASKS, read_jsonl
-    from .suites import RULER_GRIDS
+    from .suites import RECALL_TASKS, RULER_GRIDS
 
     ruler_meta = {
         "tokenizer": str(spec.tokenizer or spec.model),
@@ -94,7 +94,9 @@ def plan_units(spec: RunSpec, manager=None) -> list[Unit]:
     for task in spec.tasks:
         entry = manager.task_index.get(task) if manager is not None else None
         if task not in TASKS and RULER_TAG not in (getattr(entry, "tags", None) or ()):
-            units.append(Unit(task, task, task))
+            # recall tasks truncate their contexts under the model's tokenizer
+            meta = {"tokenizer": ruler_meta["tokenizer"]} if task in RECALL_TASKS else {}
+            units.append(Unit(task, task, task, None, meta))
             continue
         for length in spec.lengths or grid.get(task) or [4096]:
             meta = {**ruler_meta, "max_seq_lengths": [length]}
@@ -161,6 +163,7 @@ def run(spec: RunSpec, progress=None) -> Path:
     import lm_eval
 
     from .lm_backend import GDN2LM, NonFiniteLogits
+    from .suites import RECALL_TASKS
 
     manager = task_manager(spec.tasks_dir)
     check_tasks(spec.tasks, manager)
@@ -179,9 +182,14 @@ def run(spec: RunSpec, progress=None) -> Path:
     check_ruler_inputs(units, lm.tokenizer)
     model_desc = describe_model(lm.model, spec.model)
     protocol = {**lm.protocol(), "limit": spec.limit, "batch_size": lm.batch_size, "suite": spec.suite}
-    ruler = [u for u in units if u.metadata]
+    ruler = [u for u in units if u.metadata and u.task not in RECALL_TASKS]
     if ruler:
         protocol["ruler"] = _ruler_protocol(spec, ruler[0].metadata)
+    if any(u.task in RECALL_TASKS for u in units):
+        from .tasks.recall.utils import ANSWER_TOKENS, CONTEXT_TOKENS
+
+        protocol["recall"] = {"tokenizer": str(spec.tokenizer or spec.model), "context_tokens": CONTEXT_TOKENS,
+                              "answer_tokens": ANSWER_TOKENS}
     fingerprint = {"model_hash": model_desc["hash"], **protocol}
     cache = out / "cache" / "requests"
     if not spec.resume:

@@ -1,4 +1,4 @@
-"""Synthetic stand-ins for the datasets of the `table2` suite, in each lm-eval task's own schema.
+"""Synthetic stand-ins for the datasets of the `table2` and `recall` suites, in each lm-eval task's own schema.
 
 They let the suite's real lm-eval task definitions run where the datasets cannot be fetched (tests, benchmarks on a
 machine without internet): `write_standins(DIR)` writes a data directory that `gdn2-eval run --data-dir DIR` reads
@@ -91,18 +91,69 @@ STANDINS: dict[str, tuple[str, str | None, tuple[str, ...], Callable[[random.Ran
 }
 
 
+# The `recall` suite (Table 4; tasks/recall/): documents in the schema of the Based / "Just read twice" datasets, with
+# the gold answer placed once in a context long enough (up to ~3K words) that the 2K-token truncation must choose.
+def _needle(rng, vocab, lo, hi, needle: str) -> str:
+    words = _text(rng, vocab, lo, hi).split()
+    words.insert(rng.randint(0, len(words)), needle)
+    return " ".join(words)
+
+
+def _swde(rng, vocab) -> Doc:
+    key, value = _text(rng, vocab, 1, 2), _text(rng, vocab, 1, 3)
+    text = _needle(rng, vocab, 200, 2600, f"{key}: {value}.")
+    return {"doc_id": rng.randint(0, 10**6), "file_name": "x.htm", "key": key, "value": value,
+            "text": f"{text}\nSummary of information above...\n{key}:"}
+
+
+def _fda(rng, vocab) -> Doc:
+    key, value = _text(rng, vocab, 1, 2), _text(rng, vocab, 1, 3)
+    return {"doc_id": rng.randint(0, 10**6), "file_name": "x.pdf", "key": key, "value": value,
+            "text": _needle(rng, vocab, 200, 2600, f"{key}: {value}.") + f" {key}:"}
+
+
+def _squad(rng, vocab) -> Doc:
+    value = _text(rng, vocab, 1, 3)
+    context = _needle(rng, vocab, 60, 200, value)
+    question = _text(rng, vocab, 4, 10)
+    return {"doc_id": str(rng.randint(0, 10**6)), "title": _text(rng, vocab, 1, 3), "context": context,
+            "question": question, "value": value, "text": f"{context} {question}"}
+
+
+def _qa(lo: int, hi: int):
+    def make(rng, vocab) -> Doc:
+        answers = [_text(rng, vocab, 1, 3) for _ in range(rng.randint(1, 3))]
+        question = _text(rng, vocab, 4, 10) + "?"
+        return {"doc_id": str(rng.randint(0, 10**6)), "context": _needle(rng, vocab, lo, hi, answers[0]),
+                "question": question, "answers": answers, "orig_question": question}
+
+    return make
+
+
+RECALL_STANDINS: dict[str, tuple[str, str | None, tuple[str, ...], Callable[[random.Random, list[str]], Doc]]] = {
+    "swde": ("hazyresearch/based-swde-v2", "default", ("validation",), _swde),
+    "squad_completion": ("hazyresearch/based-squad", "default", ("validation",), _squad),
+    "fda": ("hazyresearch/based-fda", "default", ("validation",), _fda),
+    "triviaqa": ("hazyresearch/based_triviaqa", None, ("validation",), _qa(300, 3000)),
+    "nq_open": ("hazyresearch/based_nq_2048", None, ("validation",), _qa(200, 2500)),
+    "drop": ("hazyresearch/based_drop", None, ("validation",), _qa(100, 400)),
+}
+
+
 def write_standins(
     data_dir: Path, tasks: list[str] | None = None, n_docs: int = 20, vocab: list[str] | None = None, seed: int = 0
 ) -> list[str]:
-    """Write `n_docs` synthetic documents per split for each task (default: all of `STANDINS`) under `data_dir`,
-    with the manifest `--data-dir` reads. `vocab` defaults to `w0 .. w199`. Returns the tasks written."""
+    """Write `n_docs` synthetic documents per split for each task (default: all of `STANDINS`; the recall tasks of
+    `RECALL_STANDINS` when named) under `data_dir`, with the manifest `--data-dir` reads. `vocab` defaults to
+    `w0 .. w199`. Returns the tasks written."""
     vocab = vocab or [f"w{i}" for i in range(200)]
+    known = {**STANDINS, **RECALL_STANDINS}
     tasks = tasks or list(STANDINS)
-    unknown = sorted(set(tasks) - set(STANDINS))
+    unknown = sorted(set(tasks) - set(known))
     if unknown:
-        raise ValueError(f"no stand-in for {', '.join(unknown)}; stand-ins exist for {', '.join(STANDINS)}")
+        raise ValueError(f"no stand-in for {', '.join(unknown)}; stand-ins exist for {', '.join(known)}")
     for task in tasks:
-        path, name, splits, make = STANDINS[task]
+        path, name, splits, make = known[task]
         rng = random.Random(f"{seed}:{task}")
         ds = datasets.DatasetDict(
             {split: datasets.Dataset.from_list([make(rng, vocab) for _ in range(n_docs)]) for split in splits}

@@ -28,13 +28,21 @@ SUITES: dict[str, list[str]] = {
     "table2": ["wikitext", "lambada_openai", *_COMMONSENSE],
 }
 
+# Table 4: real-world recall, "Just read twice" protocol (contexts truncated to 2K tokens under the model's
+# tokenizer; tasks/recall/, which shadow lm-eval's tasks of these names). Metric `contains`, in percent.
+RECALL_TASKS = ["swde", "squad_completion", "fda", "triviaqa", "nq_open", "drop"]
+SUITES["recall"] = list(RECALL_TASKS)
+
 # RULER suites: task -> context lengths. `ruler` is the paper's Table 3 grid; `ruler-full` all eight NIAH tasks.
 RULER_GRIDS: dict[str, dict[str, list[int]]] = {
     "ruler": PAPER_GRID,
     "ruler-full": {task: FULL_LENGTHS for task in TASKS},
+    "table5": {"niah_single_2": [4096], "niah_single_3": [2048], "niah_multikey_1": [4096]},  # Table 5's cells
 }
 for _name, _grid in RULER_GRIDS.items():
     SUITES[_name] = list(_grid)
+# Table 5 (gate ablations; pass --gate-ablation): Wiki./LAMBADA ppl, common-sense Avg., its RULER cells, recall Avg.
+SUITES["table5"] = ["wikitext", "lambada_openai", *_COMMONSENSE, *RULER_GRIDS["table5"], *RECALL_TASKS]
 
 # Metrics reported in percent (lm-eval gives fractions); perplexities stay as they are.
 PERCENT_METRICS = {"acc", "acc_norm", "exact_match", "em", "f1", "contains", "string_match_all"}
