@@ -200,3 +200,20 @@ def bpe_tokenizer(vocab_size: int = 600):
     )
     bpe.train_from_iterator([builtin_essay().text, TEMPLATE, ANSWER_PREFIX, NOISE], trainer)
     return PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+
+
+def cli(*args):
+    """Invoke the `gdn2-eval` command line in-process (arguments may be paths)."""
+    from typer.testing import CliRunner
+
+    from gdn2_eval.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def summary(path) -> list[dict]:
+    """The rows of a run's summary.csv."""
+    import csv
+
+    with open(path) as f:
+        return list(csv.DictReader(f))

@@ -9,26 +9,13 @@ import json
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from gdn2_eval.cli import app
 from gdn2_eval.standins import RECALL_STANDINS, STANDINS, write_standins
 from gdn2_eval.suites import RECALL_TASKS, SUITES
 from gdn2_eval.tables import TABLE4_SPEC, TABLE5_ROW_OF_ABLATION
 from gdn2_eval.tasks.recall import utils as recall
 
-from conftest import bpe_tokenizer, tiny_model
-
-runner = CliRunner()
-
-
-def cli(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def summary(path):
-    with open(path) as f:
-        return list(csv.DictReader(f))
+from conftest import bpe_tokenizer, cli, summary, tiny_model
 
 
 @pytest.fixture(scope="module")

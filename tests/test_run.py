@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import signal
@@ -12,23 +11,10 @@ import time
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from gdn2_eval.cli import app
+from conftest import authors_state_dict, cli, save_authors_checkpoint, summary, tiny_model, write_user_tasks
 
-from conftest import authors_state_dict, save_authors_checkpoint, tiny_model, write_user_tasks
-
-runner = CliRunner()
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def cli(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def summary(path):
-    with open(path) as f:
-        return list(csv.DictReader(f))
 
 
 @pytest.fixture

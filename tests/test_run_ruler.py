@@ -2,27 +2,13 @@
 
 from __future__ import annotations
 
-import csv
 import json
 
 import pytest
-from typer.testing import CliRunner
 
-from gdn2_eval.cli import app
 from gdn2_eval.ruler import TASKS, read_jsonl
 
-from conftest import bpe_tokenizer, tiny_model
-
-runner = CliRunner()
-
-
-def cli(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def summary(path):
-    with open(path) as f:
-        return list(csv.DictReader(f))
+from conftest import bpe_tokenizer, cli, summary, tiny_model
 
 
 @pytest.fixture(scope="module")
