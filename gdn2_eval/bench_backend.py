@@ -23,23 +23,6 @@ import torch
 KDA_SHAPE = dict(hidden_size=2048, num_hidden_layers=21, num_heads=16, head_dim=128, vocab_size=32000)
 
 
-def build_tokenizer(folder: Path, texts: list[str], vocab_size: int = 4000) -> Path:
-    """A byte-level BPE trained here on the stand-in text and the tasks' templates (no hub)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE(unk_token=None))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(texts, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
-                                   pad_token="<pad>")
-    fast.save_pretrained(folder)
-    return folder
-
-
 def table2_requests(data_dir: Path, limit: int) -> dict[str, list]:
     """The table2 suite's lm-eval instances, grouped by request type."""
     from lm_eval.tasks import TaskManager, get_task_dict
@@ -118,13 +101,16 @@ def compare(a: dict[str, list], b: dict[str, list], requests: dict[str, list], t
 def bench(kinds: list[str], limit: int, batch_size: int, kernel: str = "fla", repeats: int = 2) -> dict[str, Any]:
     from lm_eval.models.huggingface import HFLM
 
+    from .bpe import train_bpe
     from .lm_backend import GDN2LM
     from .standins import STANDINS, write_standins
 
     work = Path(tempfile.mkdtemp(prefix="bench-backend-"))
     write_standins(work / "data", n_docs=max(limit, 8))
     texts = [line for f in (work / "data").rglob("*.jsonl") for line in f.read_text().splitlines()]
-    tok_dir = build_tokenizer(work / "tokenizer", texts + ["Question: Answer: Q: A: yes no? True False"])
+    tok_dir = work / "tokenizer"  # a BPE of the stand-in text and the tasks' templates
+    train_bpe(texts + ["Question: Answer: Q: A: yes no? True False"], 4000,
+              ("<unk>", "<s>", "</s>", "<pad>")).save_pretrained(tok_dir)
     requests = table2_requests(work / "data", limit)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     report: dict[str, Any] = {

@@ -22,23 +22,6 @@ import torch
 GEN = {"until": [], "max_gen_toks": 128, "do_sample": False, "temperature": 0.0}
 
 
-def build_tokenizer(folder: Path, vocab_size: int = 8000) -> Path:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    from .ruler import ANSWER_PREFIX, NOISE, TEMPLATE, builtin_essay
-
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  special_tokens=["<s>", "</s>", "<pad>"], show_progress=False)
-    bpe.train_from_iterator([builtin_essay().text, TEMPLATE, ANSWER_PREFIX, NOISE] * 4, trainer)
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
-    tok.save_pretrained(folder)
-    return folder
-
-
 def requests_for(docs: list[dict]) -> list:
     from lm_eval.api.instance import Instance
 
@@ -57,12 +40,23 @@ def bench(samples: int, batch_size: int, hf_batch_size: int, long_length: int, h
           kernel: str) -> dict[str, Any]:
     from lm_eval.models.huggingface import HFLM
 
+    from .bpe import train_bpe
     from .lm_backend import GDN2LM
     from .model import GDN2Config, GDN2ForCausalLM
-    from .ruler import PAPER_GRID, generate_samples, load_tokenizer, sample_score
+    from .ruler import (
+        ANSWER_PREFIX,
+        NOISE,
+        PAPER_GRID,
+        TEMPLATE,
+        builtin_essay,
+        generate_samples,
+        load_tokenizer,
+        sample_score,
+    )
 
     work = Path(tempfile.mkdtemp(prefix="bench-ruler-"))
-    tok_dir = build_tokenizer(work / "tok")
+    tok_dir = work / "tok"
+    train_bpe([builtin_essay().text, TEMPLATE, ANSWER_PREFIX, NOISE] * 4, 8000).save_pretrained(tok_dir)
     tok = load_tokenizer(str(tok_dir))
     torch.manual_seed(0)
     model = GDN2ForCausalLM(GDN2Config.from_preset("gdn2_1.3B", kernel=kernel)).to("cuda", torch.bfloat16).eval()

@@ -160,7 +160,6 @@ def run(
     from .ruler import parse_lengths
     from .runner import RunSpec
     from .runner import run as run_spec
-    from .suites import suite_tasks
 
     if ruler_jsonl is not None:
         if suite or tasks:
@@ -168,10 +167,8 @@ def run(
         if not ruler_jsonl.is_file():
             raise UserError(f"--ruler-jsonl {ruler_jsonl} is not a file")
         suite, task_list = "ruler-jsonl", ["ruler_jsonl"]
-    elif (suite is None) == (tasks is None):
-        raise UserError("pass exactly one of --suite or --tasks")
     else:
-        task_list = suite_tasks(suite) if suite else [t.strip() for t in tasks.split(",") if t.strip()]
+        task_list = _task_names(suite, tasks)
     if samples is not None and samples < 1:
         raise UserError("--samples must be at least 1")
     options = {
@@ -220,6 +217,15 @@ def run(
     console.print(f"results in {out_dir}")
 
 
+def _task_names(suite: str | None, tasks: str | None) -> list[str]:
+    """The tasks of `--suite NAME` or of `--tasks T1,T2` (exactly one of them)."""
+    from .suites import suite_tasks
+
+    if (suite is None) == (tasks is None):
+        raise UserError("pass exactly one of --suite or --tasks")
+    return suite_tasks(suite) if suite else [t.strip() for t in tasks.split(",") if t.strip()]
+
+
 def _print_summary(path: Path) -> None:
     import csv
 
@@ -249,11 +255,8 @@ def data_fetch(
     """Download the datasets a suite's tasks read and save them as JSON lines (run where there is internet)."""
     from .data import save_local_copy
     from .runner import check_tasks, task_manager
-    from .suites import suite_tasks
 
-    if (suite is None) == (tasks is None):
-        raise UserError("pass exactly one of --suite or --tasks")
-    names = suite_tasks(suite) if suite else [t.strip() for t in tasks.split(",") if t.strip()]
+    names = _task_names(suite, tasks)
     manager = task_manager(tasks_dir)
     check_tasks(names, manager)
     from lm_eval.api.task import Task

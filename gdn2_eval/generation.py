@@ -18,6 +18,32 @@ from collections.abc import Callable, Sequence
 import torch
 
 
+def pad_batch(seqs: Sequence[Sequence[int]], side: str, pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token lists as one [rows, longest] tensor padded on `side` ("left" or "right"), and its 0/1 mask."""
+    n = max((len(s) for s in seqs), default=0)
+    ids = torch.full((len(seqs), n), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), n), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if len(s):
+            sl = slice(n - len(s), n) if side == "left" else slice(0, len(s))
+            ids[i, sl] = torch.as_tensor(list(s))
+            mask[i, sl] = 1
+    return ids.to(device), mask.to(device)
+
+
+@torch.no_grad()
+def prefill(model, prompts: Sequence[Sequence[int]], pad_id: int, chunk_tokens: int):
+    """Run left-padded `prompts` through `model` `chunk_tokens` tokens per forward, state carried in a fresh cache
+    (pad tokens never reach it). Returns the cache and the logits after each prompt's last token [rows, vocab]."""
+    ids, mask = pad_batch(prompts, side="left", pad=pad_id, device=model.device)
+    cache = model.new_cache(len(prompts))
+    step = max(1, chunk_tokens // len(prompts))
+    for c0 in range(0, ids.shape[1], step):
+        out = model(ids[:, c0 : c0 + step], attention_mask=mask[:, c0 : c0 + step], past_key_values=cache,
+                    use_cache=True, logits_to_keep=1)
+    return cache, out.logits[:, -1]
+
+
 @torch.no_grad()
 def greedy_generate(
     model,
@@ -40,20 +66,8 @@ def greedy_generate(
     if any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
     dev = model.device
-    width = max(len(p) for p in prompts)
-    ids = torch.full((n, width), pad_id, dtype=torch.long)
-    mask = torch.zeros((n, width), dtype=torch.long)
-    for r, p in enumerate(prompts):
-        ids[r, width - len(p) :] = torch.as_tensor(list(p))
-        mask[r, width - len(p) :] = 1
-    ids, mask = ids.to(dev), mask.to(dev)
-
-    cache = model.new_cache(n)
-    step = max(1, chunk_tokens // n)
-    for c0 in range(0, width, step):
-        out = model(ids[:, c0 : c0 + step], attention_mask=mask[:, c0 : c0 + step], past_key_values=cache,
-                    use_cache=True, logits_to_keep=1)
-    token = out.logits[:, -1].argmax(-1)
+    cache, last = prefill(model, prompts, pad_id, chunk_tokens)
+    token = last.argmax(-1)
 
     generated = torch.full((n, max_new_tokens), pad_id, dtype=torch.long, device=dev)
     eos = torch.tensor(sorted(set(eos_ids)), dtype=torch.long, device=dev)

@@ -32,7 +32,7 @@ from tqdm import tqdm
 from transformers import PreTrainedModel
 
 from .errors import UserError
-from .generation import greedy_generate
+from .generation import greedy_generate, pad_batch, prefill
 from .loading import load_model, load_tokenizer
 from .model import GDN2ForCausalLM
 
@@ -162,8 +162,8 @@ class GDN2LM(HFLM):
         batches += [(self._score_direct, b) for b in _batches(direct, requests, limit)]
         results: list[tuple[float, bool] | None] = [None] * len(requests)
         with tqdm(total=len(requests), disable=disable_tqdm or self.rank != 0, desc="loglikelihood") as bar:
-            for score, batch in batches:
-                scores = score(batch, requests)
+            for score_batch, batch in batches:
+                scores = score_batch(batch, requests)
                 for i, score in scores.items():
                     results[i] = score
                     if requests[i][0] is not None:
@@ -176,18 +176,8 @@ class GDN2LM(HFLM):
         """Score a batch of context groups: contexts once, then every continuation from a copy of its state."""
         model, dev = self.model, self.device
         contexts = [requests[unit[0]][1] for unit in batch]
-        ids, mask = _pad([list(c) for c in contexts], side="left", pad=self._pad_id(), device=dev)
-        cache = model.new_cache(len(contexts))
-        step = max(1, self.chunk_tokens // len(contexts))
-        for c0 in range(0, ids.shape[1], step):
-            out = model(
-                ids[:, c0 : c0 + step],
-                attention_mask=mask[:, c0 : c0 + step],
-                past_key_values=cache,
-                use_cache=True,
-                logits_to_keep=1,
-            )
-        last = out.logits[:, -1].float()  # left padding: every row's last real token is in the last column
+        cache, last = prefill(model, contexts, self._pad_id(), self.chunk_tokens)
+        last = last.float()
         self._check_finite(last, [requests[u[0]] for u in batch])
         first_lp = F.log_softmax(last, -1)
 
@@ -198,8 +188,8 @@ class GDN2LM(HFLM):
         first = torch.tensor([c[0] for c in conts], device=dev)
         logprob = first_lp[row_of].gather(1, first[:, None])[:, 0].double()
         greedy = first_lp[row_of].argmax(-1) == first
-        inputs, in_mask = _pad([c[:-1] for c in conts], side="right", pad=self._pad_id(), device=dev)
-        targets, _ = _pad([c[1:] for c in conts], side="right", pad=0, device=dev)
+        inputs, in_mask = pad_batch([c[:-1] for c in conts], side="right", pad=self._pad_id(), device=dev)
+        targets, _ = pad_batch([c[1:] for c in conts], side="right", pad=0, device=dev)
         step = max(1, self.chunk_tokens // len(conts))
         for c0 in range(0, inputs.shape[1], step):
             sl = slice(c0, c0 + step)
@@ -220,8 +210,8 @@ class GDN2LM(HFLM):
         model, dev = self.model, self.device
         members = [i for unit in batch for i in unit]
         seqs = [list(requests[i][1]) + list(requests[i][2]) for i in members]
-        inputs, _ = _pad([s[:-1] for s in seqs], side="right", pad=self._pad_id(), device=dev)
-        targets, _ = _pad([s[1:] for s in seqs], side="right", pad=0, device=dev)
+        inputs, _ = pad_batch([s[:-1] for s in seqs], side="right", pad=self._pad_id(), device=dev)
+        targets, _ = pad_batch([s[1:] for s in seqs], side="right", pad=0, device=dev)
         pos = torch.arange(inputs.shape[1], device=dev)
         first = torch.tensor([len(requests[i][1]) - 1 for i in members], device=dev)
         end = torch.tensor([len(s) - 1 for s in seqs], device=dev)
@@ -326,14 +316,17 @@ class GDN2LM(HFLM):
         order = sorted(ix, key=lambda i: -len(prompts[i]))
         eos_ids = {self.eot_token_id, self.tokenizer.eos_token_id} - {None}
 
+        stops = [s for s in until if s != eos_text]  # EOS itself ends a row as a token (eos_ids)
+
         def finished(_row: int, tokens: list[int]) -> bool:
             text = self.tok_decode(tokens)
-            return any(stop in text for stop in until)
+            return any(stop in text for stop in stops)
 
         for b in range(0, len(order), self.batch_size):
             batch = order[b : b + self.batch_size]
             outs = greedy_generate(self.model, [prompts[i] for i in batch], max_new, eos_ids=sorted(eos_ids),
-                                   pad_id=self._pad_id(), chunk_tokens=self.chunk_tokens, finished=finished)
+                                   pad_id=self._pad_id(), chunk_tokens=self.chunk_tokens,
+                                   finished=finished if stops else None)
             for i, toks in zip(batch, outs):
                 yield i, postprocess_generated_text(generation=self.tok_decode(toks), stop=until, think_end_token=None)
 
@@ -353,14 +346,3 @@ def _batches(units: list[list[int]], requests, limit: int) -> list[list[list[int
         batches.append(current)
     return batches
 
-
-def _pad(seqs: list[list[int]], side: str, pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    n = max((len(s) for s in seqs), default=0)
-    ids = torch.full((len(seqs), n), pad, dtype=torch.long)
-    mask = torch.zeros((len(seqs), n), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        if s:
-            sl = slice(n - len(s), n) if side == "left" else slice(0, len(s))
-            ids[i, sl] = torch.tensor(s)
-            mask[i, sl] = 1
-    return ids.to(device), mask.to(device)

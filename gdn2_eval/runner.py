@@ -68,6 +68,7 @@ class Unit:
     label: str  # task name in summary.csv
     context_length: int | None = None
     metadata: dict[str, Any] = field(default_factory=dict)  # passed to the task (RULER generation options)
+    kind: str = "task"  # "task", "ruler" (generated or read from a RULER .jsonl) or "recall" (needs the tokenizer)
 
 
 RULER_TAG = "ruler_niah"  # a task with this tag (built-in or in --tasks-dir) takes the RULER generation options
@@ -88,19 +89,20 @@ def plan_units(spec: RunSpec, manager=None) -> list[Unit]:
     if spec.ruler_jsonl is not None:
         docs = read_jsonl(spec.ruler_jsonl)
         task, length = docs[0].get("task") or "ruler_jsonl", docs[0].get("max_length")
-        return [Unit(f"{task}@{length}", "ruler_jsonl", task, length, {"jsonl": str(spec.ruler_jsonl)})]
+        return [Unit(f"{task}@{length}", "ruler_jsonl", task, length, {"jsonl": str(spec.ruler_jsonl)}, "ruler")]
     grid = RULER_GRIDS.get(spec.suite, {})
     units = []
     for task in spec.tasks:
         entry = manager.task_index.get(task) if manager is not None else None
         if task not in TASKS and RULER_TAG not in (getattr(entry, "tags", None) or ()):
-            # recall tasks truncate their contexts under the model's tokenizer
-            meta = {"tokenizer": ruler_meta["tokenizer"]} if task in RECALL_TASKS else {}
-            units.append(Unit(task, task, task, None, meta))
+            if task in RECALL_TASKS:  # recall tasks truncate their contexts under the model's tokenizer
+                units.append(Unit(task, task, task, None, {"tokenizer": ruler_meta["tokenizer"]}, "recall"))
+            else:
+                units.append(Unit(task, task, task))
             continue
         for length in spec.lengths or grid.get(task) or [4096]:
             meta = {**ruler_meta, "max_seq_lengths": [length]}
-            units.append(Unit(f"{task}@{length}", task, task, length, meta))
+            units.append(Unit(f"{task}@{length}", task, task, length, meta, "ruler"))
     return units
 
 
@@ -111,7 +113,7 @@ def check_ruler_inputs(units: list[Unit], tokenizer) -> None:
 
     for unit in units:
         meta = unit.metadata
-        if "max_seq_lengths" in meta and unit.task in TASKS:
+        if unit.kind == "ruler" and unit.task in TASKS:
             generate_samples(unit.task, unit.context_length, 1, tokenizer, seed=meta["seed"], haystack=meta["haystack"])
 
 
@@ -163,7 +165,6 @@ def run(spec: RunSpec, progress=None) -> Path:
     import lm_eval
 
     from .lm_backend import GDN2LM, NonFiniteLogits
-    from .suites import RECALL_TASKS
 
     manager = task_manager(spec.tasks_dir)
     check_tasks(spec.tasks, manager)
@@ -182,10 +183,10 @@ def run(spec: RunSpec, progress=None) -> Path:
     check_ruler_inputs(units, lm.tokenizer)
     model_desc = describe_model(lm.model, spec.model)
     protocol = {**lm.protocol(), "limit": spec.limit, "batch_size": lm.batch_size, "suite": spec.suite}
-    ruler = [u for u in units if u.metadata and u.task not in RECALL_TASKS]
+    ruler = [u for u in units if u.kind == "ruler"]
     if ruler:
         protocol["ruler"] = _ruler_protocol(spec, ruler[0].metadata)
-    if any(u.task in RECALL_TASKS for u in units):
+    if any(u.kind == "recall" for u in units):
         from .tasks.recall.utils import ANSWER_TOKENS, CONTEXT_TOKENS
 
         protocol["recall"] = {"tokenizer": str(spec.tokenizer or spec.model), "context_tokens": CONTEXT_TOKENS,

@@ -186,20 +186,10 @@ def write_user_tasks(folder: Path, n_mc: int = 12, n_docs: int = 6, doc_words: i
 
 def bpe_tokenizer(vocab_size: int = 600):
     """A byte-level BPE trained here on the built-in RULER corpus and templates (no hub)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
+    from gdn2_eval.bpe import train_bpe
     from gdn2_eval.ruler import ANSWER_PREFIX, NOISE, TEMPLATE, builtin_essay
 
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        special_tokens=["<s>", "</s>", "<pad>"], show_progress=False,
-    )
-    bpe.train_from_iterator([builtin_essay().text, TEMPLATE, ANSWER_PREFIX, NOISE], trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    return train_bpe([builtin_essay().text, TEMPLATE, ANSWER_PREFIX, NOISE], vocab_size)
 
 
 def cli(*args):

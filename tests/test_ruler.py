@@ -55,18 +55,9 @@ def _lm_eval_ruler_dir() -> Path:
 @pytest.fixture(scope="module")
 def tok():
     """A byte-level BPE (vocab 600) trained on the built-in corpus and the template, as a PreTrainedTokenizerFast."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from gdn2_eval.bpe import train_bpe
 
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=600, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=["<s>", "</s>"],
-        show_progress=False,
-    )
-    bpe.train_from_iterator([BUILTIN_ESSAYS.read_text(), TEMPLATE, ANSWER_PREFIX, NOISE], trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>")
+    return train_bpe([BUILTIN_ESSAYS.read_text(), TEMPLATE, ANSWER_PREFIX, NOISE], 600, ("<s>", "</s>"))
 
 
 @pytest.fixture(scope="module")
