@@ -31,9 +31,9 @@ from typing import Any
 import pandas as pd
 
 from .errors import UserError
-from .results_store import SCHEMA_VERSION
+from .results_store import SCHEMA_VERSION, SUMMARY_COLUMNS
 
-COLUMNS = ["run", "model", "family", "suite", "task", "metric", "context_length", "value", "n_samples", "source"]
+COLUMNS = ["run", *SUMMARY_COLUMNS, "source"]
 PAPER_JSON_NAME = "gdn2_paper_results.json"
 BASELINES = ("paper", "none")
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -148,7 +148,7 @@ def read_run(run: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     try:
         summary = pd.read_csv(run / "summary.csv", dtype=str, keep_default_na=False)
     except pd.errors.EmptyDataError:
-        summary = pd.DataFrame(columns=["task", "metric", "value"])
+        summary = pd.DataFrame(columns=SUMMARY_COLUMNS)
     missing = {"task", "metric", "value"} - set(summary.columns)
     if missing:
         raise UserError(f"{run / 'summary.csv'} lacks column(s) {', '.join(sorted(missing))}")
@@ -166,9 +166,7 @@ def read_run(run: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
         rows.append(dict(run=str(run), model=meta["label"], family=r.get("family") or meta["family"],
                          suite=r.get("suite") or meta["suite"] or "", task=r["task"], metric=metric,
                          context_length=ctx, value=value, n_samples=r.get("n_samples", ""), source="run"))
-    df = _typed(pd.DataFrame(rows, columns=COLUMNS))
-    df["model"] = meta["label"]
-    return df, meta
+    return _typed(pd.DataFrame(rows, columns=COLUMNS)), meta
 
 
 def load(*paths: str | Path, baselines: str = "paper") -> pd.DataFrame:
@@ -216,12 +214,12 @@ def niah_samples(*paths: str | Path) -> pd.DataFrame:
 
     Read from each line: `doc.max_length` (tokens; else `doc.length` or the record's `max_length`), `doc.depth`
     (needle insertion depth in percent; a list for several needles: the sample counts once at each of its depths)
-    and the score (see `_sample_score`). Lines without a length, depth or score are skipped; the task is the file name.
+    and the score (see `_sample_score`).
+    Lines without a length, depth or score are skipped; the task is the sample's, else the file name's.
     """
     rows = []
-    meta_of = {}
     for run in find_runs(paths):
-        meta = meta_of.setdefault(str(run), _run_meta(run))
+        meta = _run_meta(run)
         for f in sorted((run / "samples").glob("*.jsonl")):
             for line in f.read_text().splitlines():
                 try:

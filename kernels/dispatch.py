@@ -14,6 +14,7 @@ A request comes from the model config (``kernel``) and can be overridden without
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 from collections.abc import Callable
@@ -36,6 +37,7 @@ def _cuda_preference() -> tuple[str, ...]:
     return ("triton", "fla", "torch") if TRITON_PREFERRED else ("fla", "triton", "torch")
 
 
+@functools.cache  # asked on every forward (every decode step); what is installed does not change mid-run
 def _has_module(name: str) -> bool:
     try:
         return importlib.util.find_spec(name) is not None
@@ -72,37 +74,17 @@ def resolve_backend(requested: str | None, device: torch.device | str) -> str:
 def _fla_ops() -> tuple[Callable, Callable]:
     from fla.ops.gdn2 import chunk_gdn2, fused_recurrent_gdn2
 
-    def chunk(q, k, v, g, b, w, scale, initial_state, output_final_state, cu_seqlens, use_qk_l2norm):
-        return chunk_gdn2(
-            q,
-            k,
-            v,
-            g,
-            b,
-            w,
-            scale=scale,
-            initial_state=initial_state,
-            output_final_state=output_final_state,
-            use_qk_l2norm_in_kernel=use_qk_l2norm,
-            cu_seqlens=cu_seqlens,
-        )
+    def adapt(fla_fn: Callable) -> Callable:
+        """fla's signature (keyword arguments, `use_qk_l2norm_in_kernel`) behind the dispatch's positional one."""
 
-    def recurrent(q, k, v, g, b, w, scale, initial_state, output_final_state, cu_seqlens, use_qk_l2norm):
-        return fused_recurrent_gdn2(
-            q,
-            k,
-            v,
-            g,
-            b,
-            w,
-            scale=scale,
-            initial_state=initial_state,
-            output_final_state=output_final_state,
-            use_qk_l2norm_in_kernel=use_qk_l2norm,
-            cu_seqlens=cu_seqlens,
-        )
+        def call(q, k, v, g, b, w, scale, initial_state, output_final_state, cu_seqlens, use_qk_l2norm):
+            return fla_fn(q, k, v, g, b, w, scale=scale, initial_state=initial_state,
+                          output_final_state=output_final_state, use_qk_l2norm_in_kernel=use_qk_l2norm,
+                          cu_seqlens=cu_seqlens)
 
-    return chunk, recurrent
+        return call
+
+    return adapt(chunk_gdn2), adapt(fused_recurrent_gdn2)
 
 
 def _triton_ops() -> tuple[Callable, Callable]:

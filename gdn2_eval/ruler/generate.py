@@ -230,8 +230,8 @@ class _Generator:
             ids = self.counter.ids(probe + prefix)
         except Exception as e:
             raise RulerError(f"the tokenizer cannot encode the RULER template: {type(e).__name__}: {e}") from None
-        unk = self.counter.unk_id()
-        if not ids or (unk is not None and all(i == unk for i in ids if i not in self._special_ids())):
+        unk, special = self.counter.unk_id(), self._special_ids()
+        if not ids or (unk is not None and all(i == unk for i in ids if i not in special)):
             raise RulerError("the tokenizer cannot encode the RULER template (it gives no tokens, or only unknown "
                              "tokens); pass the evaluated model's tokenizer")
 

@@ -55,13 +55,15 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from gdn2_eval.errors import UserError
+
 CONTEXT_TOKENS = 2048  # "inputs truncated to 2K tokens"
 ANSWER_TOKENS = 50  # JRT's --answer_length: tokens kept free for the question and the answer
 TOKENIZER_KEYS = ("tokenizer", "pretrained", "model")
 SUMMARY_MARK = "Summary of information above..."
 
 
-class RecallError(ValueError):
+class RecallError(UserError):
     pass
 
 
@@ -155,11 +157,8 @@ def _key_question(key: str) -> str:
 
 
 def prompt_swde(doc: dict[str, Any], context: str) -> str:
-    text = context
-    while text.find(SUMMARY_MARK) >= 0:
-        text = text.split(SUMMARY_MARK)[0]
-    text = _strip_suffix_ci(text, doc["key"] + ":")
-    return text.strip("\n").strip().strip("\n").strip().strip(".") + ". " + _key_question(doc["key"])
+    text = _strip_suffix_ci(context.split(SUMMARY_MARK, 1)[0], doc["key"] + ":")
+    return text.strip().strip(".") + ". " + _key_question(doc["key"])
 
 
 def prompt_fda(doc: dict[str, Any], context: str) -> str:
