@@ -134,7 +134,12 @@ def run(
     ppl_window: Annotated[
         int | None, typer.Option(help="Window of the rolling protocol [default: the model's training length].")
     ] = None,
-    chunk_tokens: Annotated[int, typer.Option(help="Tokens per forward call; longer inputs carry state.")] = 16384,
+    chunk_tokens: Annotated[
+        int, typer.Option(help="Tokens per forward call when scoring; longer inputs carry state.")
+    ] = 16384,
+    prefill_tokens: Annotated[
+        int, typer.Option(help="Tokens per forward call for prompts before generation (no logits kept).")
+    ] = 65536,
     gate_ablation: Annotated[
         str | None, typer.Option(help="GDN-2 Table 5 ablation: scalar_erase or scalar_write.")
     ] = None,
@@ -175,6 +180,7 @@ def run(
         "ppl_protocol": ppl_protocol,
         "ppl_window": ppl_window,
         "chunk_tokens": chunk_tokens,
+        "prefill_tokens": prefill_tokens,
         "gate_ablation": gate_ablation,
         "kernel": kernel,
     }

@@ -6,9 +6,10 @@ of weights (about 1 ms on an H100) but Hugging Face `generate` spends tens of mi
 * the prompts are prefilled in chunks of `chunk_tokens` tokens, left-padded rows running as packed variable-length
   sequences (pad tokens never reach a state), so a 128K-token prompt needs no more memory than a short one;
 * each step is one forward of the model on one token per row, with nothing else in the loop but an argmax;
-* the state has a fixed shape, so batches can be large; rows that finished (an end-of-sequence token or a stop
-  string) are dropped from the batch every `check_every` steps. Rows are independent, so dropping one never
-  changes another's prediction.
+* the state has a fixed shape, so batches can be large. On CUDA the one-token step is captured once as a CUDA
+  graph and replayed (`GraphDecoder`); elsewhere it runs eagerly (`EagerDecoder`) and rows that finished (an
+  end-of-sequence token or a stop string) leave the batch. Finished rows are checked every `check_every` steps;
+  rows are independent, so one row's end never changes another's prediction.
 """
 
 from __future__ import annotations
@@ -34,13 +35,16 @@ def pad_batch(seqs: Sequence[Sequence[int]], side: str, pad: int, device) -> tup
 @torch.no_grad()
 def prefill(model, prompts: Sequence[Sequence[int]], pad_id: int, chunk_tokens: int):
     """Run left-padded `prompts` through `model` `chunk_tokens` tokens per forward, state carried in a fresh cache
-    (pad tokens never reach it). Returns the cache and the logits after each prompt's last token [rows, vocab]."""
+    (pad tokens never reach it). Returns the cache and the logits after each prompt's last token [rows, vocab].
+
+    Every chunk runs packed, padded or not, so a prefill needs one set of kernel variants (on a GPU, each new
+    variant costs a compilation and autotuning on first use)."""
     ids, mask = pad_batch(prompts, side="left", pad=pad_id, device=model.device)
     cache = model.new_cache(len(prompts))
     step = max(1, chunk_tokens // len(prompts))
     for c0 in range(0, ids.shape[1], step):
         out = model(ids[:, c0 : c0 + step], attention_mask=mask[:, c0 : c0 + step], past_key_values=cache,
-                    use_cache=True, logits_to_keep=1)
+                    use_cache=True, logits_to_keep=1, packed=True)
     return cache, out.logits[:, -1]
 
 
@@ -54,10 +58,14 @@ def greedy_generate(
     chunk_tokens: int = 16384,
     finished: Callable[[int, list[int]], bool] | None = None,
     check_every: int = 8,
+    cuda_graph: bool | None = None,
 ) -> list[list[int]]:
     """Greedy continuations of `prompts` (token ids, one list per row), each cut before its first token in
     `eos_ids`. `finished(row, tokens)` may end a row early (a stop string was generated); it is asked every
-    `check_every` steps. The model must have `new_cache(batch)` (a `GDN2ForCausalLM`)."""
+    `check_every` steps. The model must have `new_cache(batch)` (a `GDN2ForCausalLM`).
+
+    `cuda_graph` (default: on CUDA) captures the one-token step once as a CUDA graph and replays it (`GraphDecoder`);
+    otherwise each step runs eagerly and finished rows leave the batch (`EagerDecoder`)."""
     n = len(prompts)
     if n == 0:
         return []
@@ -65,16 +73,23 @@ def greedy_generate(
         return [[] for _ in prompts]
     if any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
-    dev = model.device
     cache, last = prefill(model, prompts, pad_id, chunk_tokens)
-    token = last.argmax(-1)
+    if cuda_graph is None:
+        cuda_graph = model.device.type == "cuda"
+    decoder = GraphDecoder(model, cache, last.argmax(-1)) if cuda_graph else EagerDecoder(model, cache, last.argmax(-1))
+    return decode(decoder, n, max_new_tokens, eos_ids, pad_id, finished, check_every)
 
+
+def decode(decoder, n: int, max_new_tokens: int, eos_ids: Sequence[int], pad_id: int,
+           finished: Callable[[int, list[int]], bool] | None, check_every: int) -> list[list[int]]:
+    """The decode loop over `n` rows whose first new token `decoder` already holds."""
+    dev = decoder.token.device
     generated = torch.full((n, max_new_tokens), pad_id, dtype=torch.long, device=dev)
     eos = torch.tensor(sorted(set(eos_ids)), dtype=torch.long, device=dev)
-    rows = torch.arange(n, device=dev)  # the original row of each row still in the batch
-    lengths = [max_new_tokens] * n  # tokens produced per original row (shorter for rows dropped early)
+    rows = torch.arange(n, device=dev)  # the original row of each row still running
+    lengths = [max_new_tokens] * n  # tokens produced per original row (shorter for rows that finished early)
     for t in range(max_new_tokens):
-        generated[rows, t] = token
+        generated[rows, t] = decoder.tokens()
         if t == max_new_tokens - 1:
             break
         if (t + 1) % check_every == 0:
@@ -85,11 +100,110 @@ def greedy_generate(
                 if not keep.any():
                     break
                 idx = keep.nonzero()[:, 0]
-                rows, token = rows[idx], token[idx]
-                cache.batch_select_indices(idx)
-        out = model(token[:, None], past_key_values=cache, use_cache=True, logits_to_keep=1)
-        token = out.logits[:, -1].argmax(-1)
+                rows = rows[idx]
+                decoder.keep(idx)
+        decoder.step()
     return [_cut(row[:k], eos_ids) for row, k in zip(generated.tolist(), lengths)]
+
+
+class EagerDecoder:
+    """Each step one eager forward of the model on one token per row; rows that finish leave the batch."""
+
+    def __init__(self, model, cache, token: torch.Tensor) -> None:
+        self.model, self.cache, self.token = model, cache, token
+
+    def tokens(self) -> torch.Tensor:
+        """The current token of each running row."""
+        return self.token
+
+    def keep(self, idx: torch.Tensor) -> None:
+        """Only the running rows at positions `idx` go on."""
+        self.token = self.token[idx]
+        self.cache.batch_select_indices(idx)
+
+    def step(self) -> None:
+        out = self.model(self.token[:, None], past_key_values=self.cache, use_cache=True, logits_to_keep=1)
+        self.token = out.logits[:, -1].argmax(-1)
+
+
+class GraphDecoder:
+    """The one-token step over a fixed batch, captured once as a CUDA graph and then replayed.
+
+    Eager decoding of a 1.3B model spends tens of milliseconds per step launching some 8K small kernels; a replay
+    launches them all at once, so a step costs about what its weight reads cost. A graph needs fixed shapes and
+    addresses, so the state lives in fixed buffers: each step's forward reads them and copies the new state back
+    into them, and window caches are padded to their full width up front (the padding is masked as before the
+    first token). Rows that finish stay in the batch (their tokens are ignored): at one token per row a step
+    costs the same at any batch size, since reading the weights dominates.
+
+    With `capture=False` the same fixed-buffer step runs eagerly (what CPU tests check against `EagerDecoder`).
+    """
+
+    def __init__(self, model, cache, token: torch.Tensor, capture: bool = True) -> None:
+        self.model, self.capture = model, capture
+        _widen_windows(cache, model.config)
+        self.layers = [{key: _clone(value) for key, value in layer.items()} for layer in cache.layers]
+        self.seq_lens = cache.seq_lens.clone()
+        self.seen_columns = cache.seen_columns
+        self.token = token.clone()
+        self.rows = torch.arange(token.numel(), device=token.device)  # batch slots of the running rows
+        self.graph = None
+
+    def tokens(self) -> torch.Tensor:
+        return self.token[self.rows]
+
+    def keep(self, idx: torch.Tensor) -> None:
+        self.rows = self.rows[idx]
+
+    def step(self) -> None:
+        if not self.capture:
+            self._forward()
+        elif self.graph is not None:
+            self.graph.replay()
+        else:
+            # the first step runs eagerly on a side stream (kernel autotuning and lazy set-up happen outside the
+            # capture), then the same step is recorded for the replays that follow
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                self._forward()
+            torch.cuda.current_stream().wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self._forward()
+
+    def _forward(self) -> None:
+        cache = self.model.new_cache(0)
+        cache.layers = [dict(layer) for layer in self.layers]
+        cache.seq_lens, cache.seen_columns = self.seq_lens, self.seen_columns
+        out = self.model(self.token[:, None], past_key_values=cache, use_cache=True, logits_to_keep=1)
+        for fixed, new in zip(self.layers, cache.layers):
+            for key, value in fixed.items():
+                for dst, src in zip(_flat(value), _flat(new[key])):
+                    dst.copy_(src)
+        self.seq_lens.copy_(cache.seq_lens)
+        self.token.copy_(out.logits[:, -1].argmax(-1))
+
+
+def _flat(value) -> tuple:
+    return value if isinstance(value, tuple) else (value,)
+
+
+def _clone(value):
+    return tuple(t.clone() for t in value) if isinstance(value, tuple) else value.clone()
+
+
+def _widen_windows(cache, config) -> None:
+    """Pad each sliding-window cache on the left to the `local_window - 1` keys a query can still see, so its shape
+    stays fixed while decoding. The padding lies before each row's first real key, where it is masked anyway."""
+    keep = config.local_window - 1
+    for layer in cache.layers:
+        for key in ("k", "v"):
+            t = layer.get(key)
+            if t is not None and t.shape[1] < keep:
+                wide = t.new_zeros(t.shape[0], keep, *t.shape[2:])
+                wide[:, keep - t.shape[1] :] = t
+                layer[key] = wide
 
 
 def _still_running(generated, rows, length, eos, finished) -> torch.Tensor | None:

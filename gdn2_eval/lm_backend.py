@@ -9,7 +9,8 @@ For GDN-2 models, scoring is recurrent-aware and exact:
 * a context shared by several requests (multiple choice) is run once; each continuation starts from a copy of its
   state;
 * inputs are fed `chunk_tokens` at a time with the recurrent, convolution and window state carried across chunks, so
-  memory does not grow with length and nothing is truncated;
+  memory does not grow with length and nothing is truncated; forwards that keep no logits but the last (prompts before
+  generation, shared contexts) take `prefill_tokens` at a time, since their memory holds no [T, vocab] tensor;
 * logits become log-probabilities one chunk at a time (never a [T, vocab] float32 tensor for a whole long input).
 Other models go through lm-eval's stock HF path, except that a context that does not fit their limit is an error,
 never silently truncated.
@@ -71,6 +72,7 @@ class GDN2LM(HFLM):
         batch_size: int | str = 16,
         max_batch_size: int = 64,
         chunk_tokens: int = 16384,
+        prefill_tokens: int = 65536,
         ppl_protocol: str = "rolling",
         ppl_window: int | None = None,
         share_prefix: bool | str = "auto",
@@ -108,6 +110,7 @@ class GDN2LM(HFLM):
         )
         self.model_path = str(pretrained) if not isinstance(pretrained, PreTrainedModel) else type(pretrained).__name__
         self.chunk_tokens = int(chunk_tokens)
+        self.prefill_tokens = int(prefill_tokens)
         self.share_prefix = _share_mode(share_prefix)
         self.ppl_protocol = ppl_protocol
         # Default window of the rolling protocol: the length the model was trained at (lm-eval's standard protocol
@@ -128,6 +131,7 @@ class GDN2LM(HFLM):
             "ppl_protocol": self.ppl_protocol,
             "ppl_window": self.ppl_window if self.ppl_protocol == "rolling" else None,
             "chunk_tokens": self.chunk_tokens,
+            "prefill_tokens": self.prefill_tokens,
             "share_prefix": self.share_prefix,
         }
 
@@ -176,7 +180,7 @@ class GDN2LM(HFLM):
         """Score a batch of context groups: contexts once, then every continuation from a copy of its state."""
         model, dev = self.model, self.device
         contexts = [requests[unit[0]][1] for unit in batch]
-        cache, last = prefill(model, contexts, self._pad_id(), self.chunk_tokens)
+        cache, last = prefill(model, contexts, self._pad_id(), self.prefill_tokens)
         last = last.float()
         self._check_finite(last, [requests[u[0]] for u in batch])
         first_lp = F.log_softmax(last, -1)
@@ -325,7 +329,7 @@ class GDN2LM(HFLM):
         for b in range(0, len(order), self.batch_size):
             batch = order[b : b + self.batch_size]
             outs = greedy_generate(self.model, [prompts[i] for i in batch], max_new, eos_ids=sorted(eos_ids),
-                                   pad_id=self._pad_id(), chunk_tokens=self.chunk_tokens,
+                                   pad_id=self._pad_id(), chunk_tokens=self.prefill_tokens,
                                    finished=finished if stops else None)
             for i, toks in zip(batch, outs):
                 yield i, postprocess_generated_text(generation=self.tok_decode(toks), stop=until, think_end_token=None)

@@ -10,7 +10,7 @@ from lm_eval.api.instance import Instance
 from gdn2_eval.errors import UserError
 from gdn2_eval.lm_backend import GDN2LM
 
-from conftest import words
+from conftest import tiny_model, words
 
 
 def ll_requests(pairs):
@@ -211,3 +211,24 @@ def test_greedy_generation_stops_at_eos_and_drops_finished_rows(tiny_model_dir):
     early = greedy_generate(lm.model, prompts, 20, finished=lambda row, toks: row == 0 and len(toks) >= 4,
                             check_every=4)
     assert early[0] == free[0][:4] and early[1:] == free[1:]
+
+
+@pytest.mark.parametrize("kind,lengths", [("hybrid", (3, 40, 11, 7)), ("hybrid", (3, 5, 2, 4)),
+                                          ("recurrent", (3, 40, 11, 7))])
+def test_fixed_buffer_decode_step_equals_eager_decoding(kind, lengths):
+    """The step that `GraphDecoder` captures on CUDA (fixed buffers, windows padded to full width, finished rows kept
+    in the batch), run eagerly here: same tokens as the eager decoder, with prompts longer than the hybrid's 8-token
+    window and with all of them shorter (the window cache is then widened before decoding)."""
+    from gdn2_eval.generation import EagerDecoder, GraphDecoder, decode, prefill
+
+    model = tiny_model(kind, seed=5)
+    g = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(4, 250, (n,), generator=g).tolist() for n in lengths]
+    results = []
+    for make in (EagerDecoder, lambda m, c, t: GraphDecoder(m, c, t, capture=False)):
+        cache, last = prefill(model, prompts, pad_id=0, chunk_tokens=64)
+        results.append(decode(make(model, cache, last.argmax(-1)), len(prompts), 15, eos_ids=(), pad_id=0,
+                              finished=lambda row, toks: row == 2 and len(toks) >= 6, check_every=3))
+    eager, fixed = results
+    assert [len(r) for r in eager] == [15, 15, 6, 15]
+    assert fixed == eager

@@ -173,3 +173,27 @@ def test_auto_classes_round_trip(tmp_path):
     ids = torch.randint(0, 250, (1, 33))
     with torch.no_grad():
         torch.testing.assert_close(loaded(ids).logits, model(ids).logits)
+
+
+def test_packed_short_conv_equals_each_sequence_alone():
+    """Packed sequences as short as 1 and 2 tokens (fewer than the kernel's 3 state slots) and longer ones, each with
+    its own carried state: outputs and new states equal the dense convolution of each sequence alone."""
+    from gdn2_eval.model.layout import TokenLayout
+    from gdn2_eval.model.modules import ShortConv
+
+    torch.manual_seed(0)
+    conv = ShortConv(6, kernel_size=4)
+    torch.nn.init.normal_(conv.weight)
+    lengths = [1, 7, 2, 0, 4]
+    T = max(lengths)
+    mask = torch.tensor([[0] * (T - n) + [1] * n for n in lengths])
+    x = torch.randn(len(lengths), T, 6)
+    state = torch.randn(len(lengths), 3, 6)
+    layout = TokenLayout.build(len(lengths), T, mask, None, "torch", torch.device("cpu"))
+    y, new_state = conv(layout.pack(x), layout, state[layout.rows])
+    y = layout.unpack(y)
+    dense = TokenLayout.build(1, T, None, None, "torch", torch.device("cpu"))
+    for i, (row, n) in enumerate(zip(layout.rows.tolist(), [n for n in lengths if n])):
+        want_y, want_state = conv(x[row : row + 1, T - n :], dense, state[row : row + 1])
+        torch.testing.assert_close(y[row, T - n :], want_y[0])
+        torch.testing.assert_close(new_state[i], want_state[0])

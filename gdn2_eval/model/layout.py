@@ -36,14 +36,16 @@ class TokenLayout:
         past_lengths: torch.Tensor | None,
         backend: str,
         device: torch.device,
+        packed: bool = False,
     ) -> TokenLayout:
         """`mask` is the attention mask of this call's tokens ([B, T], 1 = real token) or None for all real;
-        `past_lengths` [B] counts real tokens already consumed by each row (from the cache)."""
+        `past_lengths` [B] counts real tokens already consumed by each row (from the cache). `packed` packs the rows
+        even when none is padded (so that every chunk of a prefill runs the same kernel variants)."""
         base = past_lengths if past_lengths is not None else torch.zeros(batch, dtype=torch.long, device=device)
-        if mask is None or bool(mask.all()):
+        if not packed and (mask is None or bool(mask.all())):
             positions = base[:, None] + torch.arange(length, device=device)[None, :]
             return TokenLayout(positions=positions, backend=backend, batch=batch)
-        valid = mask.bool()
+        valid = torch.ones(batch, length, dtype=torch.bool, device=device) if mask is None else mask.bool()
         lengths = valid.sum(1)
         rows = torch.nonzero(lengths > 0).squeeze(1)
         cu = torch.zeros(rows.numel() + 1, dtype=torch.long, device=device)

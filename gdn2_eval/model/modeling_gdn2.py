@@ -93,14 +93,15 @@ class GDN2Model(GDN2PreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         cache: GDN2Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
+        packed: bool = False,
     ) -> torch.Tensor:
-        """Returns the final hidden states [B, T, D] (zeros at pad slots)."""
+        """Returns the final hidden states [B, T, D] (zeros at pad slots). `packed`: see `TokenLayout.build`."""
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         B, T = x.shape[:2]
         mask = None if attention_mask is None else attention_mask[:, -T:]
         past_lens = None if cache is None or cache.seen_columns == 0 else cache.seq_lens
         backend = resolve_backend(self.config.kernel, x.device)
-        layout = TokenLayout.build(B, T, mask, past_lens, backend, x.device)
+        layout = TokenLayout.build(B, T, mask, past_lens, backend, x.device, packed)
         x = layout.pack(x)
         for i, layer in enumerate(self.layers):
             x = layer(x, layout, None if cache is None else cache.layers[i], past_lens)
@@ -148,6 +149,7 @@ class GDN2ForCausalLM(GDN2PreTrainedModel, GenerationMixin):
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         return_dict: bool | None = None,
+        packed: bool = False,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         use_cache = use_cache if use_cache is not None else past_key_values is not None
@@ -155,7 +157,7 @@ class GDN2ForCausalLM(GDN2PreTrainedModel, GenerationMixin):
         if use_cache and cache is None:
             batch = (input_ids if input_ids is not None else inputs_embeds).shape[0]
             cache = self.new_cache(batch)
-        hidden = self.model(input_ids, attention_mask, cache if use_cache else None, inputs_embeds)
+        hidden = self.model(input_ids, attention_mask, cache if use_cache else None, inputs_embeds, packed)
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = self.lm_head(hidden[:, keep])
         loss = None

@@ -61,22 +61,23 @@ class ShortConv(nn.Module):
             xx = torch.cat((state, x), 1)  # [B, K-1+T, C]
             y = F.conv1d(xx.transpose(1, 2), self.weight.to(x.dtype), groups=x.shape[-1]).transpose(1, 2)
             return y, xx[:, -(K - 1) :]
-        # Packed: sequence s reads its own state then its own tokens; index into [states ; tokens].
-        cu, seq, pos = layout.cu_seqlens, layout.seq_index, layout.pos_in_call
-        full = torch.cat((state.reshape(n * (K - 1), -1), x[0]), 0)
-
-        def source(ext: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-            # extended index ext in [0, K-1+L_s): first K-1 are the state, then the tokens
-            return torch.where(ext < K - 1, s * (K - 1) + ext, n * (K - 1) + cu[s] + ext - (K - 1))
-
-        y = torch.zeros_like(x[0], dtype=torch.float32)
-        w = self.weight[:, 0].float()  # [C, K]
-        for j in range(K):  # tap j reads token t - (K-1) + j
-            y += full[source(pos + j, seq)].float() * w[:, j]
-        seqs = torch.arange(n, device=x.device)
-        ends = layout.lengths  # the last K-1 entries of [state ; tokens]
-        idx = torch.stack([source(ends + i, seqs) for i in range(K - 1)], 1)  # [N, K-1]
-        return y.to(x.dtype)[None], full[idx]
+        # Packed: convolve the whole stream as one sequence, then redo the first K-1 outputs of each sequence,
+        # which read the previous sequence's last tokens instead of their own state. One pass over the stream
+        # plus work proportional to the number of sequences.
+        xs, w = x[0], self.weight.to(x.dtype)
+        y = F.conv1d(F.pad(xs.T[None], (K - 1, 0)), w, groups=xs.shape[-1])[0].T
+        cu, lengths = layout.cu_seqlens, layout.lengths
+        offs = torch.arange(K - 1, device=x.device)
+        first = (cu[:-1, None] + offs).clamp(max=xs.shape[0] - 1)  # [N, K-1] each sequence's first K-1 tokens
+        ctx = torch.cat((state, xs[first]), 1)  # [N, 2K-2, C]: own state, then own first tokens
+        heads = F.conv1d(ctx.transpose(1, 2), w, groups=xs.shape[-1]).transpose(1, 2)  # [N, K-1, C]
+        real = offs < lengths[:, None]
+        y = y.index_put((first[real],), heads[real])
+        # new state: the last K-1 entries of [state ; tokens] of each sequence
+        ext = lengths[:, None] + offs  # index into [state ; tokens]
+        from_tokens = xs[(cu[:-1, None] + ext - (K - 1)).clamp(min=0, max=xs.shape[0] - 1)]
+        from_state = state.gather(1, ext.clamp(max=K - 2)[..., None].expand(-1, -1, xs.shape[-1]))
+        return y[None], torch.where((ext >= K - 1)[..., None], from_tokens, from_state)
 
 
 def rotary_cos_sin(
