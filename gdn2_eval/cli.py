@@ -98,14 +98,19 @@ def info(
         f"{s.state_bytes_per_sequence(2) / 2**20:.2f} MiB (bf16 model), independent of context length",
     )
     table.add_row("kernel", f"{s.kernel} (config kernel={config.kernel!r}; override with $GDN2_KERNEL)")
-    table.add_row("output gate / ablation", f"{config.output_gate_act} / {config.gate_ablation}")
+    table.add_row("gates / output gate / ablation",
+                  f"{config.gates} / {config.output_gate_act} / {config.gate_ablation}")
     console.print(table)
 
 
 @app.command()
 @user_errors
 def run(
-    model: Annotated[str, typer.Option(help="HF directory, authors' checkpoint (.pth, with --arch) or fla model dir.")],
+    model: Annotated[
+        str,
+        typer.Option(help="HF directory, authors' checkpoint (.pth, with --arch), fla model dir, or a built-in demo: "
+                     "demo, demo-kda, demo-gdn."),
+    ],
     suite: Annotated[
         str | None, typer.Option(help="Task suite: lm, commonsense, table2, ruler (Table 3 grid), ruler-full.")
     ] = None,
@@ -162,6 +167,7 @@ def run(
     `--tasks niah_single_2 --lengths 16k,32k --samples 100`."""
     import time
 
+    from .demo import resolve_model
     from .ruler import parse_lengths
     from .runner import RunSpec
     from .runner import run as run_spec
@@ -185,7 +191,7 @@ def run(
         "kernel": kernel,
     }
     spec = RunSpec(
-        model=model,
+        model=resolve_model(model),
         tasks=task_list,
         suite=suite or "custom",
         arch=arch,
@@ -389,6 +395,47 @@ def paper(
         console.print("wrote " + ", ".join(map(str, paths)))
     if not (run_dirs and "niah-depth" in kinds):
         console.print("skipped niah-depth: needs runs with per-sample RULER logs")
+
+
+@app.command("train-demo")
+@user_errors
+def train_demo(
+    out: Annotated[Path, typer.Option(help="Directory of the trained model (HF files, tokenizer, model card).")],
+    gates: Annotated[
+        str, typer.Option(help="gdn2 (decoupled erase/write gates), kda or gdn (tied gates); all: the three at once, "
+                          "into OUT/demo, OUT/demo-kda, OUT/demo-gdn.")
+    ] = "gdn2",
+    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 3000,
+    batch_size: Annotated[int, typer.Option(help="Sequences per step.")] = 32,
+    lengths: Annotated[str, typer.Option(help="Training sample lengths in tokens, e.g. 512,1k,2k.")] = "512,1k,2k",
+    max_minutes: Annotated[float, typer.Option(help="Stop training after this long (then evaluate and save).")] = 14.0,
+    seed: Annotated[int, typer.Option(help="Initialisation and data-order seed.")] = 0,
+    device: Annotated[str, typer.Option(help="auto (CUDA when available), cuda or cpu.")] = "auto",
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted training in --out.")] = False,
+) -> None:
+    """Train a small demo model on synthetic retrieval (RULER-format NIAH and key-value lists, up to 2K tokens).
+
+    The shipped demos (`--model demo`, `demo-kda`, `demo-gdn`) were made with the defaults on one H100; see
+    `gdn2_eval/demo/train.py` for the recipe and each demo's README.md for its figures."""
+    from .demo import DEMOS
+    from .demo.train import DemoRecipe, train_all
+    from .demo.train import train_demo as train
+    from .ruler import parse_lengths
+
+    if gates == "all":
+        args = ["--steps", str(steps), "--batch-size", str(batch_size), "--lengths", lengths, "--max-minutes",
+                str(max_minutes), "--seed", str(seed), "--device", device] + (["--resume"] if resume else [])
+        for record in train_all(out, args):
+            typer.echo(f"{record['recipe']['gates']}: {record['steps_done']} steps, final loss "
+                       f"{record['final_loss']}, S-NIAH-1 {record['eval_string_match_all']}")
+        return
+    if gates not in DEMOS.values():
+        raise UserError(f"unknown --gates {gates!r}; choose {', '.join(DEMOS.values())} or all")
+    recipe = DemoRecipe(gates=gates, steps=steps, batch_size=batch_size, lengths=tuple(parse_lengths(lengths)),
+                        max_minutes=max_minutes, seed=seed)
+    record = train(recipe, out, device=device, resume=resume)
+    typer.echo(f"trained {record['steps_done']} steps in {record['train_minutes']} min, final loss "
+               f"{record['final_loss']}; S-NIAH-1: {record['eval_string_match_all']} -> {out}")
 
 
 bench_app = typer.Typer(help="Speed measurements on a CUDA device.", no_args_is_help=True)

@@ -13,6 +13,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from .checkpoint import authors_to_hf, check_authors_keys, read_state_dict
+from .demo import resolve_model
 from .errors import UserError
 from .model import GDN2Config, GDN2ForCausalLM
 
@@ -75,12 +76,13 @@ def load_model(
     """Load a causal LM and its tokenizer.
 
     * `path` an HF directory: GDN-2 (``model_type: gdn2``), an fla baseline or any HF causal LM.
+    * `path` a built-in demo (`demo`, `demo-kda`, `demo-gdn`; see `gdn2_eval.demo`).
     * `path` an authors' checkpoint file (`.pth`): `arch` is a preset name or a JSON file of the authors' config
       fields; the keys are checked and mapped (see `gdn2_eval.checkpoint`).
     `tokenizer` defaults to `path` for directories. `config_overrides` set GDN-2 config fields (e.g.
     ``gate_ablation="scalar_erase"``, ``kernel="torch"``).
     """
-    path = Path(path)
+    path = Path(resolve_model(path))
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     if path.is_dir():

@@ -106,6 +106,7 @@ def describe_model(model: torch.nn.Module, path: str) -> dict[str, Any]:
             kernel=s.kernel,
             state_bytes_per_sequence=s.state_bytes_per_sequence(first.element_size()),
             gate_ablation=config.gate_ablation,
+            gates=config.gates,
             output_gate_act=config.output_gate_act,
         )
     else:

@@ -197,3 +197,52 @@ def test_packed_short_conv_equals_each_sequence_alone():
         want_y, want_state = conv(x[row : row + 1, T - n :], dense, state[row : row + 1])
         torch.testing.assert_close(y[row, T - n :], want_y[0])
         torch.testing.assert_close(new_state[i], want_state[0])
+
+
+@pytest.mark.parametrize("gates", ["kda", "gdn"])
+def test_kda_and_gdn_mixers_are_the_tied_recurrence(gates):
+    """A `kda` / `gdn` mixer's output equals fla's KDA / Gated DeltaNet reference run on the mixer's own projections:
+    one beta per head for erase and write, channel-wise (kda) or scalar (gdn) decay."""
+    import torch.nn.functional as F
+
+    from gdn2_eval.kernels.gdn2.naive import l2norm
+    from gdn2_eval.model.layout import TokenLayout
+
+    model = tiny_model("recurrent", seed=2, gates=gates)
+    mixer = model.model.layers[0].attn
+    assert not hasattr(mixer, "b_proj") and not hasattr(mixer, "w_proj")
+    H, dk = mixer.num_heads, mixer.head_k_dim
+    x = torch.randn(2, 50, model.config.hidden_size)
+    layout = TokenLayout.build(2, 50, None, None, "torch", torch.device("cpu"))
+    with torch.no_grad():
+        got = mixer(x, layout, None)
+        q = F.silu(mixer.q_conv1d(mixer.q_proj(x), layout, None)[0]).view(2, 50, H, dk)
+        k = F.silu(mixer.k_conv1d(mixer.k_proj(x), layout, None)[0]).view(2, 50, H, dk)
+        v = F.silu(mixer.v_conv1d(mixer.v_proj(x), layout, None)[0]).view(2, 50, H, -1)
+        beta = torch.sigmoid(mixer.beta_proj(x))
+        g, b, w = mixer.gates(x)
+        assert torch.equal(b.view(2, 50, H, dk), beta[..., None].expand(-1, -1, -1, dk))
+        assert torch.equal(w.view(2, 50, H, -1), beta[..., None].expand_as(v))
+        q, k = l2norm(q.double()), l2norm(k.double())
+        if gates == "kda":
+            from fla.ops.kda.naive import naive_recurrent_kda
+
+            o, _ = naive_recurrent_kda(q, k, v.double(), g.view(2, 50, H, dk).double(), beta.double())
+        else:
+            from fla.ops.gated_delta_rule.naive import naive_recurrent_gated_delta_rule
+
+            g = g.view(2, 50, H, dk)
+            assert torch.equal(g, g[..., :1].expand_as(g))  # one decay per head
+            o, _ = naive_recurrent_gated_delta_rule(q, k, v.double(), beta.double(), g[..., 0].double())
+        u = mixer.g_proj(x).view(2, 50, H, -1)
+        want = mixer.o_proj((mixer.o_norm(o.float()) * F.silu(u.float())).reshape(2, 50, -1))
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_tied_gate_configs_reject_what_does_not_apply():
+    from gdn2_eval.errors import UserError
+
+    for bad in (dict(gates="kda", gate_ablation="scalar_erase"), dict(gates="gdn", gdn2_num_v_heads=8),
+                dict(gates="retnet")):
+        with pytest.raises(UserError, match="gates"):
+            tiny_model("recurrent", **bad)

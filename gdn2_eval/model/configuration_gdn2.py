@@ -13,6 +13,10 @@ from ..errors import UserError
 
 OUTPUT_GATE_ACTIVATIONS = ("silu", "sigmoid")
 GATE_ABLATIONS = ("none", "scalar_erase", "scalar_write")
+# How the mixer parameterises its gates (spec section 1): GDN-2's decoupled erase/write gates with channel-wise
+# decay; KDA's one scalar strength beta per head for both erase and write, channel-wise decay; Gated DeltaNet's
+# scalar beta and a scalar decay per head. All run through the same GDN-2 recurrence with the gates tied.
+GATES = ("gdn2", "kda", "gdn")
 
 # The authors' presets (spec section 4). Field names are the authors'; `GDN2Config.from_authors` maps them.
 _AUTHORS_DEFAULTS: dict[str, Any] = {
@@ -112,6 +116,7 @@ class GDN2Config(PretrainedConfig):
         allow_neg_eigval: bool = False,
         output_gate_act: str = "silu",
         gate_ablation: str = "none",
+        gates: str = "gdn2",
         kernel: str = "auto",
         use_qk_l2norm: bool = True,
         initializer_range: float = 0.02,
@@ -143,6 +148,7 @@ class GDN2Config(PretrainedConfig):
         self.allow_neg_eigval = allow_neg_eigval
         self.output_gate_act = output_gate_act
         self.gate_ablation = gate_ablation
+        self.gates = gates
         self.kernel = kernel
         self.use_qk_l2norm = use_qk_l2norm
         self.initializer_range = initializer_range
@@ -161,6 +167,15 @@ class GDN2Config(PretrainedConfig):
             problems.append(f"output_gate_act={self.output_gate_act!r} (choose {', '.join(OUTPUT_GATE_ACTIVATIONS)})")
         if self.gate_ablation not in GATE_ABLATIONS:
             problems.append(f"gate_ablation={self.gate_ablation!r} (choose {', '.join(GATE_ABLATIONS)})")
+        if self.gates not in GATES:
+            problems.append(f"gates={self.gates!r} (choose {', '.join(GATES)})")
+        elif self.gates != "gdn2":
+            if self.gate_ablation != "none":
+                problems.append(f"gate_ablation applies to GDN-2's decoupled gates, not to gates={self.gates!r}")
+            if self.gdn2_num_v_heads != self.gdn2_num_heads:
+                problems.append(f"gates={self.gates!r} needs gdn2_num_v_heads == gdn2_num_heads (one beta per head)")
+            if self.allow_neg_eigval:
+                problems.append(f"allow_neg_eigval applies to GDN-2's erase gate, not to gates={self.gates!r}")
         if self.gdn2_per_layer < 1:
             problems.append(f"gdn2_per_layer={self.gdn2_per_layer} (must be >= 1)")
         if self.gdn2_num_v_heads % self.gdn2_num_heads:

@@ -1,5 +1,9 @@
 """The GDN-2 token mixer (spec section 3): projections, short convolutions, decoupled erase/write gates,
-channel-wise decay, the recurrence (through the kernel dispatch) and the gated output norm."""
+channel-wise decay, the recurrence (through the kernel dispatch) and the gated output norm.
+
+With `config.gates` = "kda" or "gdn" the same mixer is KDA or Gated DeltaNet: the erase and write gates are tied to
+one scalar strength beta per head (and for "gdn" the decay is one scalar per head), each with its own projections,
+as the spec's section 1 describes."""
 
 from __future__ import annotations
 
@@ -39,21 +43,35 @@ class GDN2Mixer(nn.Module):
         self.q_conv1d = ShortConv(H * dk, config.conv_size)
         self.k_conv1d = ShortConv(H * dk, config.conv_size)
         self.v_conv1d = ShortConv(Hv * dv, config.conv_size)
-        # low-rank decay branch d_model -> d_v -> H * d_k
-        self.f_proj = nn.Sequential(nn.Linear(D, dv, bias=False), nn.Linear(dv, H * dk, bias=False))
-        self.b_proj = nn.Linear(D, H * dk, bias=False)  # erase gate, key axis
-        self.w_proj = nn.Linear(D, Hv * dv, bias=False)  # write gate, value axis
+        self.gate_kind = config.gates
+        if self.gate_kind == "gdn":  # scalar decay per head
+            self.a_proj = nn.Linear(D, H, bias=False)
+            self.dt_bias = nn.Parameter(torch.empty(H))
+        else:  # low-rank channel-wise decay branch d_model -> d_v -> H * d_k
+            self.f_proj = nn.Sequential(nn.Linear(D, dv, bias=False), nn.Linear(dv, H * dk, bias=False))
+            self.dt_bias = nn.Parameter(torch.empty(H * dk))
+        if self.gate_kind == "gdn2":
+            self.b_proj = nn.Linear(D, H * dk, bias=False)  # erase gate, key axis
+            self.w_proj = nn.Linear(D, Hv * dv, bias=False)  # write gate, value axis
+        else:
+            self.beta_proj = nn.Linear(D, H, bias=False)  # one strength per head, erase and write tied
         self.A_log = nn.Parameter(torch.empty(H))
-        self.dt_bias = nn.Parameter(torch.empty(H * dk))
         self.g_proj = nn.Sequential(nn.Linear(D, dv, bias=False), nn.Linear(dv, Hv * dv, bias=True))  # output gate
         self.o_norm = _HeadRMSNorm(dv, config.norm_eps)
         self.o_proj = nn.Linear(Hv * dv, D, bias=False)
 
     def gates(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(g fp32 log-decay [.., H*dk], erase b [.., H*dk], write w [.., Hv*dv]) with any Table 5 ablation."""
-        f = self.f_proj(x).float()
-        a = self.A_log.float().exp().repeat_interleave(self.head_k_dim)
-        g = -a * F.softplus(f + self.dt_bias.float())
+        dk, dv = self.head_k_dim, self.head_v_dim
+        if self.gate_kind == "gdn":
+            a = self.A_log.float().exp()
+            g = (-a * F.softplus(self.a_proj(x).float() + self.dt_bias.float())).repeat_interleave(dk, -1)
+        else:
+            a = self.A_log.float().exp().repeat_interleave(dk)
+            g = -a * F.softplus(self.f_proj(x).float() + self.dt_bias.float())
+        if self.gate_kind != "gdn2":
+            beta = torch.sigmoid(self.beta_proj(x))
+            return g, beta.repeat_interleave(dk, -1), beta.repeat_interleave(dv, -1)
         b = torch.sigmoid(self.b_proj(x))
         if self.config.allow_neg_eigval:
             b = b * 2

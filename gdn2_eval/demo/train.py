@@ -1,0 +1,364 @@
+"""Training of the demo models: small GDN-2, KDA and Gated DeltaNet language models on synthetic retrieval.
+
+* Tokenizer: a byte-level BPE trained on the built-in haystack text and RULER's template (`demo_tokenizer`), shared
+  by the three demos so that their numbers compare.
+* Data (`RetrievalStream`): RULER-format samples of every NIAH task over the built-in haystacks, and a key-value
+  list recall format, at lengths up to 2K, generated on the fly with `TRAIN_SEED`, never the evaluation seed.
+* Loss: on the answer only (the values, the closing period and EOS): the models learn retrieval, not the haystack.
+* On CUDA the recurrence runs through fla's kernels (forward and backward) under bf16 autocast; elsewhere through
+  PyTorch. A checkpoint is written every `save_every` steps and `resume=True` continues from it.
+* At the end: the model (bf16 safetensors), the tokenizer, `training.json` (recipe, losses, evaluation) and a model
+  card `README.md`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import random
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ..errors import UserError
+from ..ruler import (
+    ANSWER_PREFIX,
+    DEFAULT_SEED,
+    NEEDLE,
+    NOISE,
+    TEMPLATE,
+    builtin_essay,
+    generate_samples,
+    load_tokenizer,
+    sample_score,
+)
+from ..ruler.words import draw_unique
+
+TRAIN_SEED = 1  # seed of the training samples; evaluation samples use ruler.DEFAULT_SEED
+if TRAIN_SEED == DEFAULT_SEED:
+    raise AssertionError("training and evaluation seeds must differ")
+
+# How often each format is drawn: the paper's Table 3 tasks most, every other NIAH task and key-value lists too.
+TASK_WEIGHTS = {
+    "niah_single_1": 2,
+    "niah_single_2": 2,
+    "niah_single_3": 1,
+    "niah_multikey_1": 2,
+    "niah_multikey_2": 1,
+    "niah_multikey_3": 1,
+    "niah_multivalue": 1,
+    "niah_multiquery": 1,
+    "kv_recall": 2,
+}
+SAMPLES_PER_DRAW = 16  # samples generated per (format, length) draw: amortises the generator's set-up
+SHUFFLE_BUFFER = 128
+EVAL_CELLS = (("niah_single_1", 1024), ("niah_single_1", 2048))
+
+
+@dataclass
+class DemoRecipe:
+    """Everything that determines a demo model (recorded in `training.json`)."""
+
+    gates: str = "gdn2"
+    hidden_size: int = 192
+    layers: int = 4
+    heads: int = 3
+    head_dim: int = 64
+    intermediate_size: int = 512
+    vocab_size: int = 2048
+    steps: int = 3000
+    batch_size: int = 32
+    lr: float = 2e-3
+    warmup: int = 200
+    lengths: tuple[int, ...] = (512, 1024, 2048)
+    seed: int = 0
+    max_minutes: float = 14.0
+    save_every: int = 500
+    eval_samples: int = 50
+    workers: int = 4
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def config(self, kernel: str):
+        from ..model import GDN2Config
+
+        return GDN2Config(
+            vocab_size=self.vocab_size,
+            hidden_size=self.hidden_size,
+            num_hidden_layers=self.layers,
+            num_attention_heads=self.heads,
+            gdn2_num_heads=self.heads,
+            gdn2_head_dim=self.head_dim,
+            intermediate_size=self.intermediate_size,
+            training_length=max(self.lengths),
+            gates=self.gates,
+            kernel=kernel,
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=2,
+        )
+
+
+def demo_tokenizer(vocab_size: int):
+    """The demos' BPE (`<s>`, `</s>`, `<pad>` are ids 0, 1, 2), trained on the built-in essays and RULER's text."""
+    from ..bpe import train_bpe
+
+    digits = " ".join(str(n) for n in range(1000))
+    return train_bpe([builtin_essay().text, TEMPLATE, ANSWER_PREFIX, NEEDLE, NOISE, digits] * 4, vocab_size)
+
+
+def kv_recall_samples(length: int, n: int, tok, start: int, seed: int = TRAIN_SEED) -> list[dict[str, Any]]:
+    """A second retrieval format: a list of `key: value` lines and a question about one key, prompt tokens + 128
+    within `length`, in the RULER sample schema (`input`, `answer_prefix`, `outputs`)."""
+    out = []
+    for index in range(start, start + n):
+        rng = random.Random(f"gdn2-eval/demo/kv/{seed}/{length}/{index}")
+        used: set[str] = set()
+        pairs = [(draw_unique("words", rng, used), draw_unique("numbers", rng, used)) for _ in range(length // 12)]
+        while True:
+            key, value = rng.choice(pairs)
+            text = "Remember the value of every key.\n" + "\n".join(f"{k}: {v}" for k, v in pairs)
+            text += f"\nWhat is the value of {key}?"
+            prefix = f" The value of {key} is"
+            if len(tok(text + prefix, add_special_tokens=False)["input_ids"]) + 128 <= length or len(pairs) <= 2:
+                break
+            pairs = pairs[: max(2, int(len(pairs) * 0.85))]
+        out.append({"input": text, "answer_prefix": prefix, "outputs": [value], "length": length})
+    return out
+
+
+def training_example(sample: dict[str, Any], tok) -> tuple[list[int], list[int]]:
+    """(token ids, labels): the prompt as the model sees it, then the answer (values, a period, EOS), with labels
+    -100 everywhere but the answer."""
+    prompt = tok(sample["input"] + sample["answer_prefix"], add_special_tokens=False)["input_ids"]
+    answer = tok(" " + ", ".join(sample["outputs"]) + ".", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    return prompt + answer, [-100] * len(prompt) + answer
+
+
+class RetrievalStream(torch.utils.data.IterableDataset):
+    """An endless stream of training examples; each worker draws its own formats and sample indices."""
+
+    def __init__(self, tok_dir: str, lengths: tuple[int, ...], seed: int) -> None:
+        self.tok_dir, self.lengths, self.seed = tok_dir, lengths, seed
+
+    def __iter__(self) -> Iterator[tuple[list[int], list[int]]]:
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        tok = load_tokenizer(self.tok_dir)
+        rng = random.Random(f"gdn2-eval/demo/stream/{self.seed}/{worker}")
+        names, weights = list(TASK_WEIGHTS), list(TASK_WEIGHTS.values())
+        buffer: list[tuple[list[int], list[int]]] = []  # mixes draws, so that a batch holds several formats
+        for draw in range(1 << 62):
+            task, length = rng.choices(names, weights)[0], rng.choice(self.lengths)
+            start = (self.seed * (1 << 40)) + (draw * workers + worker) * SAMPLES_PER_DRAW  # never reused
+            if task == "kv_recall":
+                samples = kv_recall_samples(length, SAMPLES_PER_DRAW, tok, start)
+            else:
+                samples = generate_samples(task, length, SAMPLES_PER_DRAW, tok, seed=TRAIN_SEED, start_index=start)
+            buffer.extend(training_example(sample, tok) for sample in samples)
+            while len(buffer) > SHUFFLE_BUFFER:
+                yield buffer.pop(rng.randrange(len(buffer)))
+
+
+def collate(batch: list[tuple[list[int], list[int]]], pad_id: int, multiple: int = 64) -> tuple[torch.Tensor, ...]:
+    """Right-padded ids and labels, the length rounded up to `multiple` (fewer kernel variants to compile). Right
+    padding needs no mask: a causal model's real positions never see it."""
+    n = -(-max(len(ids) for ids, _ in batch) // multiple) * multiple
+    ids = torch.full((len(batch), n), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), n), -100, dtype=torch.long)
+    for i, (x, y) in enumerate(batch):
+        ids[i, : len(x)], labels[i, : len(y)] = torch.tensor(x), torch.tensor(y)
+    return ids, labels
+
+
+def answer_loss(model, ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of the answer tokens; logits only at the positions that predict them."""
+    hidden = model.model(ids)[:, :-1]
+    target = labels[:, 1:]
+    keep = target != -100
+    logits = model.lm_head(hidden[keep])
+    return F.cross_entropy(logits.float(), target[keep])
+
+
+@torch.no_grad()
+def niah_score(model, tok, task: str, length: int, samples: int, seed: int = DEFAULT_SEED) -> float:
+    """RULER `string_match_all` (percent) of greedy answers on fresh evaluation samples."""
+    from ..generation import greedy_generate
+
+    docs = generate_samples(task, length, samples, tok, seed=seed)
+    prompts = [tok(d["input"] + d["answer_prefix"], add_special_tokens=False)["input_ids"] for d in docs]
+    outs = greedy_generate(model, prompts, 32, eos_ids=[tok.eos_token_id], pad_id=tok.pad_token_id)
+    preds = [tok.decode(o) for o in outs]
+    return 100 * sum(sample_score(p, d["outputs"]) for p, d in zip(preds, docs)) / len(docs)
+
+
+def _lr(step: int, recipe: DemoRecipe) -> float:
+    """Linear warm-up, then cosine decay to a tenth."""
+    if step < recipe.warmup:
+        return recipe.lr * (step + 1) / recipe.warmup
+    progress = min(1.0, (step - recipe.warmup) / max(1, recipe.steps - recipe.warmup))
+    return recipe.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def train_demo(recipe: DemoRecipe, out: Path, device: str = "auto", resume: bool = False) -> dict[str, Any]:
+    """Train one demo model into `out` (see the module doc); returns what `training.json` records."""
+    from ..loading import resolve_device
+    from ..model import GDN2ForCausalLM
+
+    dev = resolve_device(device)
+    out = Path(out)
+    ckpt = out / "checkpoint"
+    if out.exists() and any(out.iterdir()) and not resume:
+        raise UserError(f"{out} is not empty: pass --resume to continue its training, or choose another --out")
+    if resume and (out / "training.json").is_file() and not ckpt.exists():
+        raise UserError(f"{out} holds a finished training; choose another --out to train again")
+    out.mkdir(parents=True, exist_ok=True)
+    tok_dir = ckpt / "tokenizer"
+    if not (tok_dir / "tokenizer.json").is_file():
+        demo_tokenizer(recipe.vocab_size).save_pretrained(tok_dir)
+    tok = load_tokenizer(tok_dir)
+    if len(tok) > recipe.vocab_size:
+        raise UserError(f"the tokenizer has {len(tok)} tokens, more than vocab_size={recipe.vocab_size}")
+
+    torch.manual_seed(recipe.seed)
+    kernel = "fla" if dev.type == "cuda" else "torch"
+    model = GDN2ForCausalLM(recipe.config(kernel)).to(dev)
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, betas=(0.9, 0.95), weight_decay=0.01)
+    step, log = 0, []
+    if resume and (ckpt / "state.pt").is_file():
+        state = torch.load(ckpt / "state.pt", map_location=dev, weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        step = int(state["step"])
+        log = json.loads((ckpt / "log.json").read_text())
+
+    stream = RetrievalStream(str(tok_dir), tuple(recipe.lengths), recipe.seed + step)  # a resumed run draws afresh
+    workers = recipe.workers if dev.type == "cuda" else 0
+    loader = torch.utils.data.DataLoader(stream, batch_size=recipe.batch_size, num_workers=workers,
+                                         collate_fn=lambda b: collate(b, tok.pad_token_id),
+                                         persistent_workers=workers > 0)
+    batches = iter(loader)
+    autocast = torch.autocast("cuda", torch.bfloat16) if dev.type == "cuda" else torch.autocast("cpu", enabled=False)
+    t0, stopped_early = time.perf_counter(), False
+    model.train()
+    bar = tqdm(total=recipe.steps, initial=step, desc=f"train {recipe.gates}", unit="step")
+    while step < recipe.steps:
+        if time.perf_counter() - t0 > recipe.max_minutes * 60:
+            stopped_early = True
+            break
+        ids, labels = (t.to(dev, non_blocking=True) for t in next(batches))
+        for group in opt.param_groups:
+            group["lr"] = _lr(step, recipe)
+        with autocast:
+            loss = answer_loss(model, ids, labels)
+        if not torch.isfinite(loss):
+            raise RuntimeError(f"loss became {loss.item()} at step {step}")
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        step += 1
+        log.append([step, round(loss.item(), 5)])
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+        if step % recipe.save_every == 0 or step == recipe.steps:
+            ckpt.mkdir(exist_ok=True)
+            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step}, ckpt / "tmp.pt")
+            (ckpt / "tmp.pt").replace(ckpt / "state.pt")
+            (ckpt / "log.json").write_text(json.dumps(log))
+    bar.close()
+    minutes = (time.perf_counter() - t0) / 60
+
+    model.eval()
+    scores = {f"{task}@{length}": niah_score(model, tok, task, length, recipe.eval_samples)
+              for task, length in EVAL_CELLS}
+    tail = [loss for _, loss in log[-50:]]
+    record = {
+        "recipe": asdict(recipe),
+        "steps_done": step,
+        "stopped_by_time_limit": stopped_early,
+        "train_minutes": round(minutes, 2),
+        "final_loss": round(sum(tail) / max(1, len(tail)), 4),
+        "first_loss": log[0][1] if log else None,
+        "eval_seed": DEFAULT_SEED,
+        "train_seed": TRAIN_SEED,
+        "eval_string_match_all": scores,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "state_floats_per_layer": recipe.heads * recipe.head_dim * recipe.head_dim,
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
+        "torch": torch.__version__,
+    }
+    model.config.kernel = "auto"
+    model.to(torch.bfloat16).save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    (out / "training.json").write_text(json.dumps(record, indent=1) + "\n")
+    (out / "train_log.json").write_text(json.dumps(log))
+    (out / "README.md").write_text(model_card(record))
+    shutil.rmtree(ckpt)  # the finished model is in `out`; the training state is only for resuming
+    return record
+
+
+def model_card(record: dict[str, Any]) -> str:
+    """The model card (`README.md`) of a trained demo, from its `training.json` record."""
+    r = record["recipe"]
+    family = {"gdn2": "Gated DeltaNet-2 (decoupled erase/write gates, channel-wise decay)",
+              "kda": "KDA (one beta per head for erase and write, channel-wise decay)",
+              "gdn": "Gated DeltaNet (one beta per head for erase and write, scalar decay)"}[r["gates"]]
+    lengths = ", ".join(str(n) for n in r["lengths"])
+    rows = {
+        "architecture": f"{r['layers']} blocks, d_model {r['hidden_size']}, {r['heads']} heads x {r['head_dim']}, "
+                        f"SwiGLU {r['intermediate_size']}, gates `{r['gates']}`",
+        "parameters": f"{record['parameters']:,}",
+        "recurrent state": f"{r['heads']} x {r['head_dim']} x {r['head_dim']} = {record['state_floats_per_layer']:,} "
+                           "floats per layer (the same for the three demos)",
+        "tokenizer": f"byte-level BPE, {r['vocab_size']} tokens, trained on the built-in essays and RULER's template",
+        "training data": f"RULER-format samples of all eight NIAH tasks and key-value lists over the built-in "
+                         f"haystacks, lengths {lengths}, seed {record['train_seed']} (evaluation uses "
+                         f"{record['eval_seed']})",
+        "training": f"{record['steps_done']} steps x batch {r['batch_size']}, AdamW lr {r['lr']}, answer-only loss, "
+                    f"{record['train_minutes']} min on {record['device']}",
+        "final loss": f"{record['final_loss']} (mean of the last 50 steps; first step {record['first_loss']})",
+    }
+    table = "\n".join(f"| {key} | {value} |" for key, value in rows.items())
+    scores = "\n".join(f"| {cell} | {value:.1f} |" for cell, value in record["eval_string_match_all"].items())
+    return f"""# gdn2-eval demo model: {family}
+
+**This is a demo of the evaluation harness, trained on RULER-format synthetic data. It is not evidence about the
+architecture at scale**: its RULER scores measure what it was trained on.
+
+| | |
+|---|---|
+{table}
+
+Evaluation at the end of training (RULER `string_match_all`, {r["eval_samples"]} fresh samples per cell):
+
+| cell | score |
+|---|---|
+{scores}
+
+Reproduce: `gdn2-eval train-demo --gates {r["gates"]} --out DIR` (the whole recipe is in `training.json`).
+"""
+
+
+def train_all(out: Path, args: list[str]) -> list[dict[str, Any]]:
+    """Train the three demos at once, one process each (they share a GPU: each is far too small to fill it), into
+    `out/demo`, `out/demo-kda`, `out/demo-gdn`; `args` are the other `train-demo` options. Returns their records."""
+    import subprocess
+    import sys
+
+    from . import DEMOS
+
+    procs = {name: subprocess.Popen([sys.executable, "-m", "gdn2_eval", "train-demo", "--gates", gates,
+                                     "--out", str(Path(out) / name), *args])
+             for name, gates in DEMOS.items()}
+    failed = [name for name, proc in procs.items() if proc.wait() != 0]
+    if failed:
+        raise UserError(f"training failed for {', '.join(failed)} (see the output above)")
+    return [json.loads((Path(out) / name / "training.json").read_text()) for name in procs]

@@ -1,0 +1,89 @@
+"""Demo models: the training recipe on a tiny model (CPU), its data formats, resuming, and the demo names."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from gdn2_eval.demo import train as demo_train
+from gdn2_eval.demo.train import DemoRecipe, kv_recall_samples, train_demo, training_example
+from gdn2_eval.errors import UserError
+
+TINY = dict(hidden_size=32, layers=2, heads=2, head_dim=16, intermediate_size=64, vocab_size=400, batch_size=4,
+            lr=3e-3, warmup=5, lengths=(640,), eval_samples=2)
+
+
+@pytest.fixture(scope="module")
+def demo_tok(tmp_path_factory):
+    tok_dir = tmp_path_factory.mktemp("demo-tok")
+    demo_train.demo_tokenizer(400).save_pretrained(tok_dir)
+    return demo_train.load_tokenizer(tok_dir)
+
+
+def test_training_examples_put_the_loss_on_the_answer_only(demo_tok):
+    samples = kv_recall_samples(640, 3, demo_tok, start=0)
+    for s in samples:
+        ids, labels = training_example(s, demo_tok)
+        prompt_len = len(demo_tok(s["input"] + s["answer_prefix"], add_special_tokens=False)["input_ids"])
+        assert prompt_len + 128 <= 640 and s["outputs"][0] in s["input"]
+        answer = [t for t in labels if t != -100]
+        assert labels[:prompt_len] == [-100] * prompt_len and answer == ids[prompt_len:]
+        assert answer[-1] == demo_tok.eos_token_id
+        assert demo_tok.decode(answer[:-1]) == " " + s["outputs"][0] + "."
+    assert demo_train.TRAIN_SEED != demo_train.DEFAULT_SEED
+
+
+def test_tiny_demo_trains_saves_a_loadable_model_and_a_card(tmp_path):
+    from gdn2_eval.loading import load_model
+
+    rec = train_demo(DemoRecipe(gates="kda", steps=40, **TINY), tmp_path / "m", device="cpu")
+    assert rec["steps_done"] == 40 and rec["final_loss"] < rec["first_loss"] - 0.5  # it learns the answer format
+    assert set(rec["eval_string_match_all"]) == {"niah_single_1@1024", "niah_single_1@2048"}
+    card = (tmp_path / "m" / "README.md").read_text()
+    assert "not evidence about the\narchitecture at scale" in card and f"{rec['parameters']:,}" in card
+    assert not (tmp_path / "m" / "checkpoint").exists()
+    loaded = load_model(tmp_path / "m", device="cpu")
+    assert loaded.model.config.gates == "kda" and loaded.tokenizer.eos_token_id == 1
+    assert json.loads((tmp_path / "m" / "training.json").read_text())["recipe"]["gates"] == "kda"
+    with pytest.raises(UserError, match="finished training"):
+        train_demo(DemoRecipe(gates="kda", steps=40, **TINY), tmp_path / "m", device="cpu", resume=True)
+
+
+def test_interrupted_training_resumes_from_its_checkpoint(tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real_loss = demo_train.answer_loss
+
+    def failing(*args):
+        calls["n"] += 1
+        if calls["n"] > 12:
+            raise KeyboardInterrupt
+        return real_loss(*args)
+
+    recipe = DemoRecipe(steps=20, save_every=10, **TINY)
+    monkeypatch.setattr(demo_train, "answer_loss", failing)
+    with pytest.raises(KeyboardInterrupt):
+        train_demo(recipe, tmp_path / "m", device="cpu")
+    state = torch.load(tmp_path / "m" / "checkpoint" / "state.pt", weights_only=True)
+    assert state["step"] == 10
+    with pytest.raises(UserError, match="--resume"):
+        train_demo(recipe, tmp_path / "m", device="cpu")
+    monkeypatch.setattr(demo_train, "answer_loss", real_loss)
+    rec = train_demo(recipe, tmp_path / "m", device="cpu", resume=True)
+    log = json.loads((tmp_path / "m" / "train_log.json").read_text())
+    assert rec["steps_done"] == 20 and [s for s, _ in log] == list(range(1, 21))
+
+
+def test_demo_names_resolve_or_say_how_to_get_them(tmp_path, monkeypatch):
+    from gdn2_eval import demo
+
+    monkeypatch.setattr(demo, "WEIGHTS_DIR", tmp_path)
+    with pytest.raises(UserError, match="train-demo --gates kda"):
+        demo.resolve_model("demo-kda")
+    with pytest.raises(UserError, match="unknown demo"):
+        demo.demo_dir("demo-xl")
+    (tmp_path / "demo").mkdir()
+    (tmp_path / "demo" / "config.json").write_text("{}")
+    assert demo.resolve_model("demo") == str(tmp_path / "demo")
+    assert demo.resolve_model("some/other/path") == "some/other/path"
