@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -160,12 +161,21 @@ def run(
     ruler_jsonl: Annotated[
         Path | None, typer.Option(help="Evaluate a RULER .jsonl made by NVIDIA's RULER scripts (no --suite/--tasks).")
     ] = None,
+    num_gpus: Annotated[
+        int, typer.Option(help="Data-parallel over this many GPUs of this machine (starts `accelerate launch`).")
+    ] = 1,
 ) -> None:
     """Evaluate a model on a suite or on tasks; results go to a run directory that `--resume` continues.
 
     Examples: `--suite table2`; `--suite ruler` (S-NIAH-1/2 at 1K-8K, S-NIAH-3 and MK-NIAH-1 at 1K-4K);
     `--tasks niah_single_2 --lengths 16k,32k --samples 100`."""
     import time
+
+    from .distributed import launched_world_size
+
+    if num_gpus > 1 and launched_world_size() == 1:
+        raise typer.Exit(_launch_data_parallel(num_gpus))
+    main_rank = int(os.environ.get("RANK", "0")) == 0
 
     from .demo import resolve_model
     from .ruler import parse_lengths
@@ -216,6 +226,8 @@ def run(
     started, t0 = {}, time.time()
 
     def progress(unit: str, state: str, n: int, total: int) -> None:
+        if not main_rank:
+            return
         if state == "start":
             started[unit] = time.time()
             console.print(f"[bold]\\[{n + 1}/{total}][/bold] {unit} ...")
@@ -225,8 +237,32 @@ def run(
         console.print(f"      {unit}: {state} in {took:.1f}s; about {left:.0f}s left")
 
     out_dir = run_spec(spec, progress=progress)
-    _print_summary(out_dir / "summary.csv")
-    console.print(f"results in {out_dir}")
+    if main_rank:
+        _print_summary(out_dir / "summary.csv")
+        console.print(f"results in {out_dir}")
+
+
+def _launch_data_parallel(num_gpus: int) -> int:
+    """Re-run this `gdn2-eval run` command under `accelerate launch` with one process per GPU; returns its exit
+    code. NVLink multicast stays off (NCCL_NVLS_ENABLE=0): on shared hosts it can take every GPU out of service."""
+    import subprocess
+
+    import torch
+
+    if torch.cuda.device_count() < num_gpus:
+        raise UserError(f"--num-gpus {num_gpus}: this machine has {torch.cuda.device_count()} CUDA device(s); on "
+                        "CPUs or across machines start the processes with `accelerate launch` or `torchrun`")
+    args, skip = [], False
+    for arg in sys.argv[1:]:  # the same command without --num-gpus
+        if skip:
+            skip = False
+        elif arg == "--num-gpus":
+            skip = True
+        elif not arg.startswith("--num-gpus="):
+            args.append(arg)
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(num_gpus),
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "gdn2_eval", *args]
+    return subprocess.call(cmd, env={**os.environ, "NCCL_NVLS_ENABLE": "0"})
 
 
 def _task_names(suite: str | None, tasks: str | None) -> list[str]:

@@ -32,6 +32,7 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
 from transformers import PreTrainedModel
 
+from .distributed import balanced_call, make_accelerator, single_process
 from .errors import UserError
 from .generation import greedy_generate, pad_batch, prefill
 from .loading import load_model, load_tokenizer
@@ -82,6 +83,9 @@ class GDN2LM(HFLM):
         **kwargs: Any,
     ) -> None:
         overrides = {k: v for k, v in (("gate_ablation", gate_ablation), ("kernel", kernel)) if v is not None}
+        accelerator = make_accelerator()  # under `accelerate launch` / torchrun: one replica per process
+        if accelerator is not None:
+            device = str(accelerator.device)
         if isinstance(pretrained, PreTrainedModel):  # an already loaded model, as lm-eval's `hf` backend accepts
             model, tok = pretrained.eval(), tokenizer
             if isinstance(tok, (str, Path)):
@@ -108,6 +112,13 @@ class GDN2LM(HFLM):
             max_length=max_length,
             **kwargs,
         )
+        if accelerator is not None:  # lm-eval shards documents by these and gathers results on rank 0
+            self.accelerator = accelerator
+            self._rank, self._world_size = accelerator.process_index, accelerator.num_processes
+        # Request cache of this rank's part of a balanced call (set by the runner in distributed runs, where
+        # lm-eval's own per-rank cache would skip the collective call on a rank whose requests are all cached).
+        self.request_cache: str | None = None
+        self._rank_cache = None
         self.model_path = str(pretrained) if not isinstance(pretrained, PreTrainedModel) else type(pretrained).__name__
         self.chunk_tokens = int(chunk_tokens)
         self.prefill_tokens = int(prefill_tokens)
@@ -251,11 +262,46 @@ class GDN2LM(HFLM):
             text = repr(first[0][-80:]) if first and first[0] else f"{len(reqs[0][1])}-token context"
             raise NonFiniteLogits(f"NaN or inf in the logits while scoring the request with context ...{text}")
 
+    def loglikelihood(self, requests, disable_tqdm: bool = False):
+        if self.world_size > 1:
+            return self._balanced("loglikelihood", requests)
+        return super().loglikelihood(requests, disable_tqdm=disable_tqdm)
+
+    # ---- data-parallel runs --------------------------------------------------------------------------------------
+    def _balanced(self, method: str, requests) -> list:
+        """One request call of a distributed run, re-balanced across ranks by token count (`gdn2_eval.distributed`)."""
+
+        def run_local(instances):
+            with single_process(self):
+                return getattr(self._cache_of_rank() or self, method)(instances)
+
+        def token_count(reqs) -> list[int]:
+            texts = [r.args[0] + (r.args[1] if method == "loglikelihood" else "") for r in reqs]
+            if not texts:
+                return []
+            counts = [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+            return [n + self.max_gen_toks for n in counts] if method == "generate_until" else counts
+
+        return balanced_call(requests, run_local, token_count, self.rank, self.world_size, method)
+
+    def _cache_of_rank(self):
+        """lm-eval's request cache over this rank's part of balanced calls (the plan is deterministic, so a resumed
+        run gives each rank the same requests again)."""
+        if self.request_cache is None:
+            return None
+        if self._rank_cache is None:
+            from lm_eval.api.model import CachingLM
+
+            self._rank_cache = CachingLM(self, f"{self.request_cache}_balanced_rank{self.rank}.db")
+        return self._rank_cache
+
     # ---- perplexity ----------------------------------------------------------------------------------------------
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
         """Log-likelihood of whole documents under the recorded protocol:
         * ``rolling`` (default): lm-eval's disjoint windows of ``ppl_window`` tokens, state reset at each window;
         * ``carry``: the whole document in one pass, state carried across chunks (no window, nothing dropped)."""
+        if self.world_size > 1:
+            return self._balanced("loglikelihood_rolling", requests)
         if not self.recurrent:
             return super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm)
         windows, owners = [], []
@@ -286,6 +332,8 @@ class GDN2LM(HFLM):
     def generate_until(self, requests, disable_tqdm: bool = False):
         """Greedy requests of GDN-2 models go through `gdn2_eval.generation` (chunked prefill, a lean decode loop,
         finished rows dropped); sampling requests and other models through lm-eval's stock path."""
+        if self.world_size > 1:
+            return self._balanced("generate_until", requests)
         if not self.recurrent:
             self._check_fits(
                 [len(self.tok_encode(r.args[0])) + self.max_gen_toks for r in requests], "prompt plus generation budget"

@@ -4,6 +4,7 @@ store that survives interruption (see `results_store`)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -143,8 +144,9 @@ def check_tasks(names: list[str], manager) -> None:
         raise UserError(f"unknown task(s) {', '.join(unknown)}{hint}")
 
 
-def _check_out_dir(out: Path, model_path: str, force: bool) -> None:
-    """Refuse (unless `force`) a directory that holds another model's results; with `force`, clear them."""
+def _check_out_dir(out: Path, model_path: str, force: bool, clear: bool = True) -> None:
+    """Refuse (unless `force`) a directory that holds another model's results; with `force`, clear them (when
+    `clear`: the other ranks of a distributed run only check)."""
     existing = out / "results.json"
     if not existing.is_file():
         return
@@ -153,7 +155,7 @@ def _check_out_dir(out: Path, model_path: str, force: bool) -> None:
     same = old.get("path") == str(path.resolve()) and old.get("hash") == (file_hash(path) if path.exists() else None)
     if not same and not force:
         raise UserError(f"{out} holds results of another model ({old.get('path')}); pass --force to replace them")
-    if not same:
+    if not same and clear:
         for sub in ("tasks", "samples", "cache"):
             shutil.rmtree(out / sub, ignore_errors=True)
         existing.unlink()
@@ -170,7 +172,8 @@ def run(spec: RunSpec, progress=None) -> Path:
     check_tasks(spec.tasks, manager)
     units = plan_units(spec, manager)
     out = spec.out_dir()
-    _check_out_dir(out, spec.model, spec.force)
+    main = int(os.environ.get("RANK", "0")) == 0  # in a distributed run only rank 0 writes
+    _check_out_dir(out, spec.model, spec.force, clear=main)
     lm = GDN2LM(
         spec.model,
         arch=spec.arch,
@@ -193,9 +196,13 @@ def run(spec: RunSpec, progress=None) -> Path:
                               "answer_tokens": ANSWER_TOKENS}
     fingerprint = {"model_hash": model_desc["hash"], **protocol}
     cache = out / "cache" / "requests"
-    if not spec.resume:
+    if main and not spec.resume:
         shutil.rmtree(out / "cache", ignore_errors=True)
-    cache.parent.mkdir(parents=True, exist_ok=True)
+    if main:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+    if lm.world_size > 1:
+        lm.request_cache = str(cache)  # the backend caches each rank's part of its balanced calls
+        lm.barrier()
 
     managers: dict[str, Any] = {}
     for n, unit in enumerate(units):
@@ -222,7 +229,7 @@ def run(spec: RunSpec, progress=None) -> Path:
                     limit=spec.limit,
                     log_samples=True,
                     task_manager=unit_manager,
-                    use_cache=str(cache),
+                    use_cache=None if lm.world_size > 1 else str(cache),
                     bootstrap_iters=0,
                     **SEEDS,
                 )
@@ -255,7 +262,8 @@ def run(spec: RunSpec, progress=None) -> Path:
         _write_run_files(out, spec, model_desc, protocol)
         if progress:
             progress(unit.name, "done", n, len(units))
-    _write_run_files(out, spec, model_desc, protocol)
+    if main:
+        _write_run_files(out, spec, model_desc, protocol)
     return out
 
 

@@ -12,6 +12,9 @@ from __future__ import annotations
 import torch
 
 CHUNK_SIZE = 64
+# On the CPU the exact pairwise decay term (C x C x K exponentials per chunk and head) dominates, and the sequential
+# loop over chunks is cheap: chunks of 8 run a prefill about 4x faster than chunks of 64 there.
+CPU_CHUNK_SIZE = 8
 # Largest pairwise-decay tensor [.., C, C, K] built at once, in elements (about 512 MB of float32).
 _PAIRWISE_BUDGET = 1 << 27
 
@@ -82,7 +85,7 @@ def chunk_gdn2_torch(
     q, k, v, g, b, w = _prepare(q, k, v, g, b, w, scale, use_qk_l2norm)
     B, T, H, K = k.shape
     V = v.shape[-1]
-    C = CHUNK_SIZE
+    C = CHUNK_SIZE if q.is_cuda else CPU_CHUNK_SIZE
     NC = -(-T // C)
     pad = NC * C - T
 
