@@ -92,6 +92,12 @@ def test_two_cpu_processes_write_the_same_summary_as_one(tiny_model_dir, tmp_pat
     for name in ("piqa", "niah_single_1@1024"):
         assert docs("two", name) == docs("one", name)
     # both ranks computed part of every call (each keeps a request cache of its part)
+    # a resumed two-process run skips every finished task and rewrites the same summary
+    finished = {f.name: f.stat().st_mtime for f in (tmp_path / "two" / "tasks").glob("*.json")}
+    again = _run([*common, "--out", str(tmp_path / "two"), "--resume"], 2)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert {f.name: f.stat().st_mtime for f in (tmp_path / "two" / "tasks").glob("*.json")} == finished
+    assert (tmp_path / "two" / "summary.csv").read_text() == (tmp_path / "one" / "summary.csv").read_text()
     from sqlitedict import SqliteDict
 
     for rank in (0, 1):
