@@ -13,6 +13,8 @@ import torch
 
 from gdn2_eval.distributed import plan
 
+from conftest import cli
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -103,3 +105,11 @@ def test_two_cpu_processes_write_the_same_summary_as_one(tiny_model_dir, tmp_pat
     for rank in (0, 1):
         with SqliteDict(str(tmp_path / "two" / "cache" / f"requests_balanced_rank{rank}.db")) as cached:
             assert len(cached) > 0, f"rank {rank} computed nothing"
+
+
+def test_num_gpus_asks_for_the_gpus_it_needs(tiny_model_dir, tmp_path):
+    if torch.cuda.device_count() >= 2:
+        pytest.skip("this machine has the GPUs")
+    res = cli("run", "--model", tiny_model_dir, "--suite", "ruler", "--num-gpus", "2", "--out", tmp_path / "r")
+    assert res.exit_code == 2 and "--num-gpus 2: this machine has" in res.stderr and "torchrun" in res.stderr
+    assert not (tmp_path / "r").exists()
