@@ -99,8 +99,8 @@ def info(
         f"{s.state_bytes_per_sequence(2) / 2**20:.2f} MiB (bf16 model), independent of context length",
     )
     table.add_row("kernel", f"{s.kernel} (config kernel={config.kernel!r}; override with $GDN2_KERNEL)")
-    table.add_row("gates / output gate / ablation",
-                  f"{config.gates} / {config.output_gate_act} / {config.gate_ablation}")
+    table.add_row("gates", config.gates)
+    table.add_row("output gate / ablation", f"{config.output_gate_act} / {config.gate_ablation}")
     console.print(table)
 
 
