@@ -382,7 +382,8 @@ def plot(
     console.print("wrote " + ", ".join(map(str, paths)))
 
 
-def _draw(kind, run_dirs, baselines, family, bench, out):
+def _draw(kind, run_dirs, baselines, family, bench, out, df=None, samples=None):
+    """One figure; `df` (results with baselines) and `samples` (per-sample RULER logs) when already loaded."""
     from . import plots
     from .results import load, niah_samples, read_paper
 
@@ -391,11 +392,11 @@ def _draw(kind, run_dirs, baselines, family, bench, out):
     if kind == "niah-depth":
         if not run_dirs:
             raise UserError("niah-depth draws per-sample logs of runs: give run directories")
-        fig = plots.niah_depth(niah_samples(*run_dirs))
+        fig = plots.niah_depth(niah_samples(*run_dirs) if samples is None else samples)
     elif kind == "throughput":
         fig = plots.throughput(plots.bench_records(bench), read_paper().get("figure2") if baselines == "paper" else [])
     else:
-        df = load(*run_dirs, baselines=baselines)
+        df = load(*run_dirs, baselines=baselines) if df is None else df
         fig = plots.niah_length(df, family) if kind == "niah-length" else plots.commonsense(df, family)
     return plots.save(fig, out)
 
@@ -420,11 +421,12 @@ def paper(
     for path in write_all(df, out):
         console.print(f"wrote {path}")
     kinds = ["niah-length", "commonsense", "throughput"]
-    if run_dirs and not niah_samples(*run_dirs).empty:
+    samples = niah_samples(*run_dirs) if run_dirs else None
+    if samples is not None and not samples.empty:
         kinds.insert(1, "niah-depth")
     for kind in kinds:
         try:
-            paths = _draw(kind, run_dirs or [], "paper", None, bench, out / kind)
+            paths = _draw(kind, run_dirs or [], "paper", None, bench, out / kind, df=df, samples=samples)
         except UserError as e:  # a figure the stored results do not support
             console.print(f"skipped {kind}: {e}")
             continue

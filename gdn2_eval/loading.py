@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import tempfile
@@ -51,10 +52,38 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
+    """A Hugging Face tokenizer from a directory or hub name; one `UserError` whatever the reason it cannot load."""
     try:
         return AutoTokenizer.from_pretrained(str(path))
-    except (OSError, ValueError, TypeError) as e:
-        raise UserError(f"no tokenizer could be loaded from {path}: {str(e).splitlines()[0]}") from None
+    except Exception as e:  # OSError, ValueError, ...: every failure is "no tokenizer there"
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        raise UserError(f"no tokenizer could be loaded from {path}: {first}") from None
+
+
+TOKENIZER_KEYS = ("tokenizer", "pretrained", "model")
+
+
+def tokenizer_from_metadata(metadata: dict, error: type[UserError] = UserError):
+    """The tokenizer a task's metadata names (``tokenizer``, else ``pretrained``, else ``model``: lm-eval passes the
+    model args there), loaded once per name; None when it names none. `error` is raised for a checkpoint file."""
+    for key in TOKENIZER_KEYS:
+        value = metadata.get(key)
+        if value is None or value == "":
+            continue
+        if not isinstance(value, (str, Path)):
+            if key == "tokenizer" or hasattr(value, "encode"):
+                return value  # a tokenizer object
+            continue  # a model object under `pretrained`
+        if key != "tokenizer" and Path(value).is_file():
+            raise error(f"{key}={value} is a checkpoint file, which holds no tokenizer: pass tokenizer=DIR in the "
+                        "model args or the task metadata")
+        return _cached_tokenizer(str(value))
+    return None
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_tokenizer(name: str) -> PreTrainedTokenizerBase:
+    return load_tokenizer(name)
 
 
 def _register_fla_models() -> None:

@@ -27,6 +27,8 @@ from pathlib import Path
 import pandas as pd
 
 from .errors import UserError
+from .ruler.registry import PAPER_GRID
+from .suites import TABLE2_COLUMNS
 
 CellKey = tuple[str, str, "int | None"]  # (task, metric, context_length)
 
@@ -63,30 +65,40 @@ def _k(n: int) -> str:
 
 # --- Table 2: language modelling and zero-shot common sense (spec: evaluation.md) --------------------------------
 # (header, LaTeX header, paper key, task, metric, lower is better)
+# How each Table 2 column is shown: (LaTeX header, paper key, lower is better). Its task and metric are the suite's
+# (`suites.TABLE2_COLUMNS`, which `--suite table2` runs).
+_TABLE2_LOOK: dict[str, tuple[str, str, bool]] = {
+    "Wiki. ppl": (r"Wiki.\ ppl $\downarrow$", "wiki_ppl", True),
+    "LMB. ppl": (r"LMB.\ ppl $\downarrow$", "lambada_ppl", True),
+    "LMB. acc": (r"LMB.\ acc $\uparrow$", "lambada_acc", False),
+    "PIQA": ("PIQA", "piqa_acc", False),
+    "Hella.": ("Hella.", "hellaswag_acc_norm", False),
+    "Wino.": ("Wino.", "winogrande_acc", False),
+    "ARC-e": ("ARC-e", "arc_easy_acc", False),
+    "ARC-c": ("ARC-c", "arc_challenge_acc", False),
+    "OBQA": ("OBQA", "openbookqa_acc", False),
+    "SIQA": ("SIQA", "siqa_acc", False),
+    "BoolQ": ("BoolQ", "boolq_acc", False),
+}
+# (header, LaTeX header, paper key, lm-eval task, metric, lower is better)
 TABLE2_SPEC: list[tuple[str, str, str, str, str, bool]] = [
-    ("Wiki. ppl", r"Wiki.\ ppl $\downarrow$", "wiki_ppl", "wikitext", "word_perplexity", True),
-    ("LMB. ppl", r"LMB.\ ppl $\downarrow$", "lambada_ppl", "lambada_openai", "perplexity", True),
-    ("LMB. acc", r"LMB.\ acc $\uparrow$", "lambada_acc", "lambada_openai", "acc", False),
-    ("PIQA", "PIQA", "piqa_acc", "piqa", "acc", False),
-    ("Hella.", "Hella.", "hellaswag_acc_norm", "hellaswag", "acc_norm", False),
-    ("Wino.", "Wino.", "winogrande_acc", "winogrande", "acc", False),
-    ("ARC-e", "ARC-e", "arc_easy_acc", "arc_easy", "acc", False),
-    ("ARC-c", "ARC-c", "arc_challenge_acc", "arc_challenge", "acc", False),
-    ("OBQA", "OBQA", "openbookqa_acc", "openbookqa", "acc", False),
-    ("SIQA", "SIQA", "siqa_acc", "social_iqa", "acc", False),
-    ("BoolQ", "BoolQ", "boolq_acc", "boolq", "acc", False),
+    (header, _TABLE2_LOOK[header][0], _TABLE2_LOOK[header][1], task, metric, _TABLE2_LOOK[header][2])
+    for header, task, metric in TABLE2_COLUMNS
 ]
 # Avg. = mean of LAMBADA acc and the eight reasoning accuracies (9 values).
 COMMONSENSE_AVG: CellKey = ("commonsense_avg", "acc", None)
 COMMONSENSE_AVG_OF: tuple[CellKey, ...] = tuple((t, m, None) for _, _, _, t, m, low in TABLE2_SPEC if not low)
 
 # --- Table 3: RULER needle-in-a-haystack, string_match_all in percent ---------------------------------------------
-# (paper name, paper key, RULER task, context lengths)
+# (paper name, paper key, RULER task, context lengths): the lengths are the `--suite ruler` grid (`PAPER_GRID`).
 TABLE3_SPEC: list[tuple[str, str, str, tuple[int, ...]]] = [
-    ("S-NIAH-1", "s_niah_1", "niah_single_1", (1024, 2048, 4096, 8192)),
-    ("S-NIAH-2", "s_niah_2", "niah_single_2", (1024, 2048, 4096, 8192)),
-    ("S-NIAH-3", "s_niah_3", "niah_single_3", (1024, 2048, 4096)),
-    ("MK-NIAH-1", "mk_niah_1", "niah_multikey_1", (1024, 2048, 4096)),
+    (name, key, task, tuple(PAPER_GRID[task]))
+    for name, key, task in (
+        ("S-NIAH-1", "s_niah_1", "niah_single_1"),
+        ("S-NIAH-2", "s_niah_2", "niah_single_2"),
+        ("S-NIAH-3", "s_niah_3", "niah_single_3"),
+        ("MK-NIAH-1", "mk_niah_1", "niah_multikey_1"),
+    )
 ]
 NIAH_METRIC = "string_match_all"
 # Paper names of the other RULER NIAH tasks (plots label them with these).

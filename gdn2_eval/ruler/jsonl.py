@@ -9,8 +9,6 @@ answer prefix), ``outputs`` (expected values), ``length`` (prompt tokens + token
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -51,16 +49,9 @@ def write_jsonl(samples: Iterable[dict[str, Any]], path: str | Path) -> Path:
     for i, record in enumerate(samples):
         _check(record, f"sample {i}")
         lines.append(json.dumps(record, ensure_ascii=False))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for line in lines:
-                f.write(line + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from ..results_store import atomic_write  # (results_store -> suites -> ruler: imported here, not on top)
+
+    atomic_write(path, "".join(line + "\n" for line in lines))
     return path
 
 

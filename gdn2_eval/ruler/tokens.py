@@ -10,15 +10,14 @@ from .errors import RulerError
 
 
 def load_tokenizer(name_or_path: str | Path) -> Any:
-    """A Hugging Face tokenizer from a directory or hub name (`AutoTokenizer.from_pretrained`); `RulerError` if none
-    can be loaded."""
-    from transformers import AutoTokenizer
+    """`gdn2_eval.loading.load_tokenizer`, failing with a `RulerError`."""
+    from ..errors import UserError
+    from ..loading import load_tokenizer as load
 
     try:
-        return AutoTokenizer.from_pretrained(str(name_or_path))
-    except Exception as e:  # OSError, ValueError, ... : every failure is "no tokenizer there"
-        first = (str(e).splitlines() or [type(e).__name__])[0]
-        raise RulerError(f"no tokenizer could be loaded from {name_or_path}: {first}") from None
+        return load(name_or_path)
+    except UserError as e:
+        raise RulerError(str(e)) from None
 
 
 class TokenCounter:

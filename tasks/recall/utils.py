@@ -51,15 +51,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 from gdn2_eval.errors import UserError
+from gdn2_eval.loading import tokenizer_from_metadata
 
 CONTEXT_TOKENS = 2048  # "inputs truncated to 2K tokens"
 ANSWER_TOKENS = 50  # JRT's --answer_length: tokens kept free for the question and the answer
-TOKENIZER_KEYS = ("tokenizer", "pretrained", "model")
 SUMMARY_MARK = "Summary of information above..."
 
 
@@ -70,27 +68,9 @@ class RecallError(UserError):
 # --- tokenizer ---------------------------------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=8)
-def _load_tokenizer(name: str) -> Any:
-    from gdn2_eval.ruler import load_tokenizer
-
-    return load_tokenizer(name)
-
-
 def resolve_tokenizer(metadata: dict[str, Any]) -> Any | None:
     """The tokenizer named by `metadata` (``tokenizer``, else ``pretrained``, else ``model``), or None."""
-    for key in TOKENIZER_KEYS:
-        value = metadata.get(key)
-        if value is None or value == "":
-            continue
-        if not isinstance(value, (str, Path)):
-            if hasattr(value, "encode"):
-                return value  # a tokenizer object
-            continue  # a model object under `pretrained`
-        if key != "tokenizer" and Path(value).is_file():
-            raise RecallError(f"{key}={value} is a checkpoint file, which holds no tokenizer: pass tokenizer=DIR")
-        return _load_tokenizer(str(value))
-    return None
+    return tokenizer_from_metadata(metadata, RecallError)
 
 
 def _encode(tokenizer: Any, text: str) -> list[int]:

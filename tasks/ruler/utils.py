@@ -27,51 +27,32 @@ shadow lm-eval's own ``niah_*`` tasks when this directory is included (lm-eval l
 
 from __future__ import annotations
 
-from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
+from gdn2_eval.loading import tokenizer_from_metadata
 from gdn2_eval.ruler import (
     DEFAULT_NUM_SAMPLES,
     DEFAULT_SEED,
     RulerError,
     TaskSpec,
     generate_samples,
-    load_tokenizer,
     parse_length,
     parse_lengths,
     sample_score,
 )
 
 DEFAULT_SEQ_LENGTHS = [4096]
-TOKENIZER_KEYS = ("tokenizer", "pretrained", "model")
-
-
-@lru_cache(maxsize=8)
-def _cached_tokenizer(name: str) -> Any:
-    return load_tokenizer(name)
 
 
 def resolve_tokenizer(metadata: dict[str, Any]) -> Any:
     """The tokenizer named by `metadata` (``tokenizer``, else ``pretrained``, else ``model``)."""
-    for key in TOKENIZER_KEYS:
-        value = metadata.get(key)
-        if value is None or value == "":
-            continue
-        if not isinstance(value, (str, Path)):
-            if key == "tokenizer" or hasattr(value, "encode"):
-                return value  # a tokenizer object
-            continue  # a model object under `pretrained`
-        if key != "tokenizer" and Path(value).is_file():
-            raise RulerError(
-                f"{key}={value} is a checkpoint file, which holds no tokenizer: pass tokenizer=DIR in the model "
-                "args or the task metadata"
-            )
-        return _cached_tokenizer(str(value))
-    raise RulerError(
-        "RULER tasks size their prompts with the model's tokenizer: pass tokenizer=DIR (or pretrained=DIR) in the "
-        "model args or the task metadata"
-    )
+    tokenizer = tokenizer_from_metadata(metadata, RulerError)
+    if tokenizer is None:
+        raise RulerError(
+            "RULER tasks size their prompts with the model's tokenizer: pass tokenizer=DIR (or pretrained=DIR) in the "
+            "model args or the task metadata"
+        )
+    return tokenizer
 
 
 def resolve_lengths(value: Any) -> list[int]:
