@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import random
 import shutil
@@ -240,6 +241,7 @@ def train_demo(recipe: DemoRecipe, out: Path, device: str = "auto", resume: bool
         log = json.loads((ckpt / "log.json").read_text())
 
     stream = RetrievalStream(str(tok_dir), tuple(recipe.lengths), recipe.seed + step)  # a resumed run draws afresh
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the loader forks after the tokenizer was used
     workers = recipe.workers if dev.type == "cuda" else 0
     loader = torch.utils.data.DataLoader(stream, batch_size=recipe.batch_size, num_workers=workers,
                                          collate_fn=lambda b: collate(b, tok.pad_token_id),
