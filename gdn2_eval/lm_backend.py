@@ -330,8 +330,8 @@ class GDN2LM(HFLM):
 
     # ---- generation ----------------------------------------------------------------------------------------------
     def generate_until(self, requests, disable_tqdm: bool = False):
-        """Greedy requests of GDN-2 models go through `gdn2_eval.generation` (chunked prefill, a lean decode loop,
-        finished rows dropped); sampling requests and other models through lm-eval's stock path."""
+        """Greedy requests of GDN-2 models go through `gdn2_eval.generation` (chunked prefill, then a decode loop that
+        replays a CUDA graph on GPUs); sampling requests and other models through lm-eval's stock path."""
         if self.world_size > 1:
             return self._balanced("generate_until", requests)
         if not self.recurrent:
