@@ -4,6 +4,7 @@ store that survives interruption (see `results_store`)."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from dataclasses import asdict, dataclass, field
@@ -124,9 +125,25 @@ def builtin_tasks_dir() -> Path:
     return Path(tasks.__file__).parent
 
 
+class _BuiltinShadowing(logging.Filter):
+    """Drops lm-eval's warning that a task of ours overrides its task of the same name: the project's RULER and
+    recall tasks replace lm-eval's on purpose (README). A user's `--tasks-dir` shadowing a task still warns."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        ours = str(builtin_tasks_dir())
+        args = record.args if isinstance(record.args, tuple) else ()
+        return not ("overrides existing task" in str(record.msg) and len(args) > 1 and str(args[1]).startswith(ours))
+
+
+_SHADOWING_FILTER = _BuiltinShadowing()
+
+
 def task_manager(tasks_dir: Path | None, metadata: dict[str, Any] | None = None):
     from lm_eval.tasks import TaskManager
 
+    index_log = logging.getLogger("lm_eval.tasks._index")
+    if _SHADOWING_FILTER not in index_log.filters:
+        index_log.addFilter(_SHADOWING_FILTER)
     include = [str(builtin_tasks_dir())]
     if tasks_dir is not None:
         if not Path(tasks_dir).is_dir():

@@ -181,3 +181,21 @@ def test_table2_suite_runs_the_real_lm_eval_tasks_on_local_data(tiny_model_dir, 
         assert rows[(task, metric)]["suite"] == "table2" and rows[(task, metric)]["n_samples"] == "3"
     assert 0 <= float(rows[("hellaswag", "acc_norm")]["value"]) <= 100
     assert float(rows[("wikitext", "word_perplexity")]["value"]) > 1
+
+
+def test_only_a_users_shadowing_of_lm_eval_tasks_is_warned(tmp_path, caplog):
+    """The project's RULER and recall tasks replace lm-eval's of the same names silently (documented); a user's task
+    folder that shadows an lm-eval task still gets lm-eval's warning."""
+    import logging
+
+    from gdn2_eval.runner import task_manager
+
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "piqa.yaml").write_text("task: piqa\ndataset_path: json\noutput_type: multiple_choice\n"
+                                    "doc_to_text: q\ndoc_to_target: 0\ndoc_to_choice: ['a', 'b']\n")
+    with caplog.at_level(logging.WARNING, logger="lm_eval.tasks._index"):
+        task_manager(user)
+    shadowed = [r.getMessage() for r in caplog.records if "overrides existing task" in r.getMessage()]
+    assert any("'piqa'" in m for m in shadowed)
+    assert not any("niah_single_1" in m or "'swde'" in m for m in shadowed)
