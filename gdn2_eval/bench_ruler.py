@@ -57,6 +57,7 @@ def bench(samples: int, batch_size: int, hf_batch_size: int, long_length: int, h
         builtin_essay,
         generate_samples,
         load_tokenizer,
+        prompt_ids,
         sample_score,
     )
 
@@ -81,8 +82,7 @@ def bench(samples: int, batch_size: int, hf_batch_size: int, long_length: int, h
     ours.generate_until(warm, disable_tqdm=True), stock.generate_until(warm, disable_tqdm=True)
 
     # the captured decode step against the eager one on the real model: same kernels, so the same tokens
-    prompts = [tok(d["input"] + d["answer_prefix"], add_special_tokens=False)["input_ids"]
-               for d in cells[("niah_single_2", 1024)][:16]]
+    prompts = [prompt_ids(d, tok) for d in cells[("niah_single_2", 1024)][:16]]
     t_eager, eager = timed(lambda: greedy_generate(model, prompts, 64, cuda_graph=False))
     t_graph, graph = timed(lambda: greedy_generate(model, prompts, 64, cuda_graph=True))
     report["decode_check"] = {"rows": len(prompts), "new_tokens": 64, "graph_equals_eager": graph == eager,

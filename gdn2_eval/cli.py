@@ -171,11 +171,11 @@ def run(
     `--tasks niah_single_2 --lengths 16k,32k --samples 100`."""
     import time
 
-    from .distributed import launched_world_size
+    from .distributed import is_main_process, launched_world_size
 
     if num_gpus > 1 and launched_world_size() == 1:
         raise typer.Exit(_launch_data_parallel(num_gpus))
-    main_rank = int(os.environ.get("RANK", "0")) == 0
+    main_rank = is_main_process()
 
     from .demo import resolve_model
     from .ruler import parse_lengths

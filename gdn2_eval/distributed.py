@@ -31,6 +31,11 @@ def launched_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def is_main_process() -> bool:
+    """Rank 0 of a distributed launch, or a plain run: the process that writes results and prints."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def make_accelerator():
     """The `Accelerator` of a distributed launch (None for a single process). NVLink multicast is turned off before
     NCCL starts: on shared hosts it can take every GPU of the host out of service."""

@@ -141,10 +141,8 @@ class GraphDecoder:
 
     def __init__(self, model, cache, token: torch.Tensor, capture: bool = True) -> None:
         self.model, self.capture = model, capture
-        _widen_windows(cache, model.config)
-        self.layers = [{key: _clone(value) for key, value in layer.items()} for layer in cache.layers]
-        self.seq_lens = cache.seq_lens.clone()
-        self.seen_columns = cache.seen_columns
+        cache.widen_windows(model.config.local_window - 1)  # the keys a future query can still see
+        self.cache = cache.copy()  # the fixed buffers
         self.token = token.clone()
         self.rows = torch.arange(token.numel(), device=token.device)  # batch slots of the running rows
         self.graph = None
@@ -173,37 +171,10 @@ class GraphDecoder:
                 self._forward()
 
     def _forward(self) -> None:
-        cache = self.model.new_cache(0)
-        cache.layers = [dict(layer) for layer in self.layers]
-        cache.seq_lens, cache.seen_columns = self.seq_lens, self.seen_columns
-        out = self.model(self.token[:, None], past_key_values=cache, use_cache=True, logits_to_keep=1)
-        for fixed, new in zip(self.layers, cache.layers):
-            for key, value in fixed.items():
-                for dst, src in zip(_flat(value), _flat(new[key])):
-                    dst.copy_(src)
-        self.seq_lens.copy_(cache.seq_lens)
+        work = self.cache.view()
+        out = self.model(self.token[:, None], past_key_values=work, use_cache=True, logits_to_keep=1)
+        self.cache.copy_from(work)
         self.token.copy_(out.logits[:, -1].argmax(-1))
-
-
-def _flat(value) -> tuple:
-    return value if isinstance(value, tuple) else (value,)
-
-
-def _clone(value):
-    return tuple(t.clone() for t in value) if isinstance(value, tuple) else value.clone()
-
-
-def _widen_windows(cache, config) -> None:
-    """Pad each sliding-window cache on the left to the `local_window - 1` keys a query can still see, so its shape
-    stays fixed while decoding. The padding lies before each row's first real key, where it is masked anyway."""
-    keep = config.local_window - 1
-    for layer in cache.layers:
-        for key in ("k", "v"):
-            t = layer.get(key)
-            if t is not None and t.shape[1] < keep:
-                wide = t.new_zeros(t.shape[0], keep, *t.shape[2:])
-                wide[:, keep - t.shape[1] :] = t
-                layer[key] = wide
 
 
 def _still_running(generated, rows, length, eos, finished) -> torch.Tensor | None:

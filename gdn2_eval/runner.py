@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -13,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .data import MissingDataset, local_datasets
+from .distributed import is_main_process
 from .errors import UserError
 from .provenance import describe_model, file_hash, git_revision, versions
 from .results_store import (
@@ -189,7 +189,7 @@ def run(spec: RunSpec, progress=None) -> Path:
     check_tasks(spec.tasks, manager)
     units = plan_units(spec, manager)
     out = spec.out_dir()
-    main = int(os.environ.get("RANK", "0")) == 0  # in a distributed run only rank 0 writes
+    main = is_main_process()  # in a distributed run only rank 0 writes
     _check_out_dir(out, spec.model, spec.force, clear=main)
     lm = GDN2LM(
         spec.model,

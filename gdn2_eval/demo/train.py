@@ -39,6 +39,7 @@ from ..ruler import (
     builtin_essay,
     generate_samples,
     load_tokenizer,
+    prompt_ids,
     sample_score,
 )
 from ..ruler.words import draw_unique
@@ -138,7 +139,7 @@ def kv_recall_samples(length: int, n: int, tok, start: int, seed: int = TRAIN_SE
 def training_example(sample: dict[str, Any], tok) -> tuple[list[int], list[int]]:
     """(token ids, labels): the prompt as the model sees it, then the answer (values, a period, EOS), with labels
     -100 everywhere but the answer."""
-    prompt = tok(sample["input"] + sample["answer_prefix"], add_special_tokens=False)["input_ids"]
+    prompt = prompt_ids(sample, tok)
     answer = tok(" " + ", ".join(sample["outputs"]) + ".", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
     return prompt + answer, [-100] * len(prompt) + answer
 
@@ -194,7 +195,7 @@ def niah_score(model, tok, task: str, length: int, samples: int, seed: int = DEF
     from ..generation import greedy_generate
 
     docs = generate_samples(task, length, samples, tok, seed=seed)
-    prompts = [tok(d["input"] + d["answer_prefix"], add_special_tokens=False)["input_ids"] for d in docs]
+    prompts = [prompt_ids(d, tok) for d in docs]
     outs = greedy_generate(model, prompts, 32, eos_ids=[tok.eos_token_id], pad_id=tok.pad_token_id)
     preds = [tok.decode(o) for o in outs]
     return 100 * sum(sample_score(p, d["outputs"]) for p, d in zip(preds, docs)) / len(docs)

@@ -66,6 +66,32 @@ class GDN2Cache:
         new._map(lambda t: t.clone())
         return new
 
+    def view(self) -> GDN2Cache:
+        """A cache over the same tensors (a forward through it replaces its entries, not these tensors)."""
+        new = GDN2Cache(len(self.layers), 0, self.seq_lens.device)
+        new.layers = [dict(layer) for layer in self.layers]
+        new.seq_lens, new.seen_columns = self.seq_lens, self.seen_columns
+        return new
+
+    def copy_from(self, other: GDN2Cache) -> None:
+        """Copy `other`'s state into this cache's tensors in place (same shapes): their addresses do not change."""
+        for mine, theirs in zip(self.layers, other.layers):
+            for key, value in mine.items():
+                for dst, src in zip(_flat(value), _flat(theirs[key])):
+                    dst.copy_(src)
+        self.seq_lens.copy_(other.seq_lens)
+
+    def widen_windows(self, width: int) -> None:
+        """Pad each sliding-window cache on the left to `width` slots, so its shape stays fixed while decoding. The
+        padding lies before each row's first real key, where attention masks it anyway (`seq_lens`)."""
+        for layer in self.layers:
+            for key in ("k", "v"):
+                t = layer.get(key)
+                if t is not None and t.shape[1] < width:
+                    wide = t.new_zeros(t.shape[0], width, *t.shape[2:])
+                    wide[:, width - t.shape[1] :] = t
+                    layer[key] = wide
+
     def nbytes(self) -> int:
         total = 0
         for layer in self.layers:
@@ -74,3 +100,7 @@ class GDN2Cache:
                     if isinstance(t, torch.Tensor):
                         total += t.numel() * t.element_size()
         return total
+
+
+def _flat(value) -> tuple:
+    return value if isinstance(value, tuple) else (value,)

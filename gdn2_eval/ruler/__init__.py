@@ -23,7 +23,7 @@ does (the GDN-2 paper calls it a word-based needle).
 """
 
 from .errors import RulerError
-from .generate import ANSWER_PREFIX, DEFAULT_SEED, DEPTHS, TEMPLATE, generate_samples, render_prompt
+from .generate import ANSWER_PREFIX, DEFAULT_SEED, DEPTHS, TEMPLATE, generate_samples, prompt_ids, render_prompt
 from .haystack import NEEDLE, NOISE, Haystack, builtin_essay, load_haystack, resolve_haystack
 from .jsonl import read_jsonl, write_jsonl
 from .registry import (
@@ -63,6 +63,7 @@ __all__ = [
     "get_task",
     "load_haystack",
     "load_tokenizer",
+    "prompt_ids",
     "parse_length",
     "parse_lengths",
     "postprocess_pred",

@@ -74,6 +74,12 @@ def join_query(keys: list[str]) -> str:
     return ", ".join(keys[:-1]) + ", and " + keys[-1] if len(keys) > 1 else keys[0]
 
 
+def prompt_ids(sample: dict[str, Any], tokenizer: Any) -> list[int]:
+    """The token ids a model reads for `sample`: its input then its answer prefix (as the RULER tasks build the
+    request), with no special tokens added."""
+    return list(tokenizer(sample["input"] + sample["answer_prefix"], add_special_tokens=False)["input_ids"])
+
+
 def render_prompt(spec: TaskSpec, context: str, query: str) -> tuple[str, str]:
     """(input, answer_prefix) for a context and query, RULER's template made singular when one value is expected."""
     type_v = spec.value_type
