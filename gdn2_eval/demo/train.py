@@ -233,13 +233,14 @@ def train_demo(recipe: DemoRecipe, out: Path, device: str = "auto", resume: bool
     kernel = "fla" if dev.type == "cuda" else "torch"
     model = GDN2ForCausalLM(recipe.config(kernel)).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, betas=(0.9, 0.95), weight_decay=0.01)
-    step, log = 0, []
+    step, log = 0, []  # log rows: [step, loss, seconds since the start of training]
     if resume and (ckpt / "state.pt").is_file():
         state = torch.load(ckpt / "state.pt", map_location=dev, weights_only=True)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         step = int(state["step"])
         log = json.loads((ckpt / "log.json").read_text())
+    elapsed_before = log[-1][2] if log and len(log[-1]) > 2 else 0.0  # seconds trained before a resume
 
     stream = RetrievalStream(str(tok_dir), tuple(recipe.lengths), recipe.seed + step)  # a resumed run draws afresh
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the loader forks after the tokenizer was used
@@ -268,7 +269,7 @@ def train_demo(recipe: DemoRecipe, out: Path, device: str = "auto", resume: bool
         opt.step()
         opt.zero_grad(set_to_none=True)
         step += 1
-        log.append([step, round(loss.item(), 5)])
+        log.append([step, round(loss.item(), 5), round(time.perf_counter() - t0 + elapsed_before, 2)])
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.3f}")
         if step % recipe.save_every == 0 or step == recipe.steps:
@@ -277,17 +278,20 @@ def train_demo(recipe: DemoRecipe, out: Path, device: str = "auto", resume: bool
             (ckpt / "tmp.pt").replace(ckpt / "state.pt")
             (ckpt / "log.json").write_text(json.dumps(log))
     bar.close()
-    minutes = (time.perf_counter() - t0) / 60
+    minutes = (time.perf_counter() - t0 + elapsed_before) / 60
+    half = log[len(log) // 2:]  # steady speed: the second half, past kernel compilation and data-worker start
+    rate = (half[-1][0] - half[0][0]) / max(1e-9, half[-1][2] - half[0][2]) if len(half) > 1 else None
 
     model.eval()
     scores = {f"{task}@{length}": niah_score(model, tok, task, length, recipe.eval_samples)
               for task, length in EVAL_CELLS}
-    tail = [loss for _, loss in log[-50:]]
+    tail = [row[1] for row in log[-50:]]
     record = {
         "recipe": asdict(recipe),
         "steps_done": step,
         "stopped_by_time_limit": stopped_early,
         "train_minutes": round(minutes, 2),
+        "steps_per_second": round(rate, 2) if rate else None,
         "final_loss": round(sum(tail) / max(1, len(tail)), 4),
         "first_loss": log[0][1] if log else None,
         "eval_seed": DEFAULT_SEED,
