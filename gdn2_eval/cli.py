@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .demo.recipe import DemoRecipe
 from .errors import UserError
 
 app = typer.Typer(
@@ -443,25 +444,37 @@ def train_demo(
         str, typer.Option(help="gdn2 (decoupled erase/write gates), kda or gdn (tied gates); all: the three at once, "
                           "into OUT/demo, OUT/demo-kda, OUT/demo-gdn.")
     ] = "gdn2",
-    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 3000,
-    batch_size: Annotated[int, typer.Option(help="Sequences per step.")] = 32,
-    lengths: Annotated[str, typer.Option(help="Training sample lengths in tokens, e.g. 512,1k,2k.")] = "512,1k,2k",
-    max_minutes: Annotated[float, typer.Option(help="Stop training after this long (then evaluate and save).")] = 14.0,
-    seed: Annotated[int, typer.Option(help="Initialisation and data-order seed.")] = 0,
+    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = DemoRecipe.steps,
+    batch_tokens: Annotated[
+        int, typer.Option(help="Tokens per step: each step holds batch_tokens // L samples of one length L.")
+    ] = DemoRecipe.batch_tokens,
+    lengths: Annotated[str, typer.Option(help="Training sample lengths in tokens, e.g. 512,1k,2k.")] = ",".join(
+        map(str, DemoRecipe.lengths)),
+    curriculum_steps: Annotated[
+        int, typer.Option(help="The first steps use only the shortest length.")
+    ] = DemoRecipe.curriculum_steps,
+    workers: Annotated[
+        int, typer.Option(help="Data-generating processes (on CUDA; the CPU path makes data inline).")
+    ] = DemoRecipe.workers,
+    max_minutes: Annotated[
+        float, typer.Option(help="Stop training after this long (then evaluate and save).")
+    ] = DemoRecipe.max_minutes,
+    seed: Annotated[int, typer.Option(help="Initialisation and data-order seed.")] = DemoRecipe.seed,
     device: Annotated[str, typer.Option(help="auto (CUDA when available), cuda or cpu.")] = "auto",
     resume: Annotated[bool, typer.Option(help="Continue an interrupted training in --out.")] = False,
 ) -> None:
     """Train a small demo model on synthetic retrieval (RULER-format NIAH and key-value lists, up to 2K tokens).
 
     The shipped demos (`--model demo`, `demo-kda`, `demo-gdn`) were made with the defaults on one H100; see
-    `gdn2_eval/demo/train.py` for the recipe and each demo's README.md for its figures."""
+    `gdn2_eval/demo/recipe.py` for the recipe and each demo's README.md for its figures."""
     from .demo import DEMOS
-    from .demo.train import DemoRecipe, train_all
+    from .demo.train import train_all
     from .demo.train import train_demo as train
     from .ruler import parse_lengths
 
     if gates == "all":
-        args = ["--steps", str(steps), "--batch-size", str(batch_size), "--lengths", lengths, "--max-minutes",
+        args = ["--steps", str(steps), "--batch-tokens", str(batch_tokens), "--lengths", lengths,
+                "--curriculum-steps", str(curriculum_steps), "--workers", str(workers), "--max-minutes",
                 str(max_minutes), "--seed", str(seed), "--device", device] + (["--resume"] if resume else [])
         for record in train_all(out, args):
             typer.echo(f"{record['recipe']['gates']}: {record['steps_done']} steps, final loss "
@@ -469,8 +482,8 @@ def train_demo(
         return
     if gates not in DEMOS.values():
         raise UserError(f"unknown --gates {gates!r}; choose {', '.join(DEMOS.values())} or all")
-    recipe = DemoRecipe(gates=gates, steps=steps, batch_size=batch_size, lengths=tuple(parse_lengths(lengths)),
-                        max_minutes=max_minutes, seed=seed)
+    recipe = DemoRecipe(gates=gates, steps=steps, batch_tokens=batch_tokens, lengths=tuple(parse_lengths(lengths)),
+                        curriculum_steps=curriculum_steps, workers=workers, max_minutes=max_minutes, seed=seed)
     record = train(recipe, out, device=device, resume=resume)
     typer.echo(f"trained {record['steps_done']} steps in {record['train_minutes']} min, final loss "
                f"{record['final_loss']}; S-NIAH-1: {record['eval_string_match_all']} -> {out}")

@@ -11,8 +11,8 @@ from gdn2_eval.demo import train as demo_train
 from gdn2_eval.demo.train import DemoRecipe, kv_recall_samples, train_demo, training_example
 from gdn2_eval.errors import UserError
 
-TINY = dict(hidden_size=32, layers=2, heads=2, head_dim=16, intermediate_size=64, vocab_size=400, batch_size=4,
-            lr=3e-3, warmup=5, lengths=(640,), eval_samples=2)
+TINY = dict(hidden_size=32, layers=2, heads=2, head_dim=16, intermediate_size=64, vocab_size=400,
+            batch_tokens=4 * 640, lr=3e-3, warmup=5, lengths=(640,), curriculum_steps=0, eval_samples=2)
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +35,27 @@ def test_training_examples_put_the_loss_on_the_answer_only(demo_tok):
     assert demo_train.TRAIN_SEED != demo_train.DEFAULT_SEED
 
 
+def test_batches_depend_only_on_the_step_and_start_short(demo_tok, tmp_path):
+    recipe = DemoRecipe(**{**TINY, "lengths": (640, 1280), "batch_tokens": 2560, "curriculum_steps": 3})
+    first = [demo_train.batch_examples(step, recipe, demo_tok) for step in range(8)]
+    assert first == [demo_train.batch_examples(step, recipe, demo_tok) for step in range(8)]
+    assert len({tuple(ids) for batch in first for ids, _ in batch}) == sum(map(len, first))  # no sample repeats
+    sizes = [len(batch) for batch in first]
+    assert sizes[:3] == [4, 4, 4] and set(sizes[3:]) <= {2, 4} and 2 in sizes  # 2560 // 640 or 2560 // 1280
+    for batch in first:  # every example of a batch fits the batch's length
+        assert max(len(ids) for ids, _ in batch) <= 2560 // len(batch)
+    demo_tok.save_pretrained(tmp_path / "tok")
+    # two data workers hand out the same batches, in the same order, as the inline stream; a resumed stream
+    # (start=5) continues the sequence
+    stream = demo_train.RetrievalStream(str(tmp_path / "tok"), recipe, 0)
+    inline = [b for b, _ in zip(stream, range(8))]
+    workers = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=2)
+    for a, b in zip(inline, workers):
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
+    resumed = next(iter(demo_train.RetrievalStream(str(tmp_path / "tok"), recipe, 5)))
+    assert all(torch.equal(x, y) for x, y in zip(resumed, inline[5]))
+
+
 def test_tiny_demo_trains_saves_a_loadable_model_and_a_card(tmp_path):
     from gdn2_eval.loading import load_model
 
@@ -43,6 +64,7 @@ def test_tiny_demo_trains_saves_a_loadable_model_and_a_card(tmp_path):
     assert set(rec["eval_string_match_all"]) == {"niah_single_1@1024", "niah_single_1@2048"}
     card = (tmp_path / "m" / "README.md").read_text()
     assert "not evidence about the\narchitecture at scale" in card and f"{rec['parameters']:,}" in card
+    assert "train-demo --gates kda --steps 40 --batch-tokens 2560 --lengths 640 --curriculum-steps 0" in card
     assert not (tmp_path / "m" / "checkpoint").exists()
     loaded = load_model(tmp_path / "m", device="cpu")
     assert loaded.model.config.gates == "kda" and loaded.tokenizer.eos_token_id == 1

@@ -2,8 +2,11 @@
 
 * Tokenizer: a byte-level BPE trained on the built-in haystack text and RULER's template (`demo_tokenizer`), shared
   by the three demos so that their numbers compare.
-* Data (`RetrievalStream`): RULER-format samples of every NIAH task over the built-in haystacks, and a key-value
-  list recall format, at lengths up to 2K, generated on the fly with `TRAIN_SEED`, never the evaluation seed.
+* Data (`RetrievalStream`, `batch_examples`): RULER-format samples of every NIAH task over the built-in haystacks,
+  and a key-value list recall format, at lengths up to 2K, generated on the fly with `TRAIN_SEED`, never the
+  evaluation seed. Each step holds one length and about `batch_tokens` tokens (many short samples or few long
+  ones, no padding between lengths); the first `curriculum_steps` use only the shortest length. Batch `n` depends
+  only on the recipe and `n`: the same for any number of data workers, and a resumed run continues it.
 * Loss: on the answer only (the values, the closing period and EOS): the models learn retrieval, not the haystack.
 * On CUDA the recurrence runs through fla's kernels (forward and backward) under bf16 autocast; elsewhere through
   PyTorch. A checkpoint is written every `save_every` steps and `resume=True` continues from it.
@@ -21,7 +24,7 @@ import random
 import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +46,7 @@ from ..ruler import (
     sample_score,
 )
 from ..ruler.words import draw_unique
+from .recipe import DemoRecipe
 
 TRAIN_SEED = 1  # seed of the training samples; evaluation samples use ruler.DEFAULT_SEED
 if TRAIN_SEED == DEFAULT_SEED:
@@ -61,51 +65,8 @@ TASK_WEIGHTS = {
     "kv_recall": 2,
 }
 SAMPLES_PER_DRAW = 16  # samples generated per (format, length) draw: amortises the generator's set-up
-SHUFFLE_BUFFER = 128
+MAX_DRAWS = 256  # draws per batch; sample indices are numbered (seed, step, draw), so this bounds a batch
 EVAL_CELLS = (("niah_single_1", 1024), ("niah_single_1", 2048))
-
-
-@dataclass
-class DemoRecipe:
-    """Everything that determines a demo model (recorded in `training.json`)."""
-
-    gates: str = "gdn2"
-    hidden_size: int = 192
-    layers: int = 4
-    heads: int = 3
-    head_dim: int = 64
-    intermediate_size: int = 512
-    vocab_size: int = 2048
-    steps: int = 3000
-    batch_size: int = 32
-    lr: float = 2e-3
-    warmup: int = 200
-    lengths: tuple[int, ...] = (512, 1024, 2048)
-    seed: int = 0
-    max_minutes: float = 14.0
-    save_every: int = 500
-    eval_samples: int = 50
-    workers: int = 4
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def config(self, kernel: str):
-        from ..model import GDN2Config
-
-        return GDN2Config(
-            vocab_size=self.vocab_size,
-            hidden_size=self.hidden_size,
-            num_hidden_layers=self.layers,
-            num_attention_heads=self.heads,
-            gdn2_num_heads=self.heads,
-            gdn2_head_dim=self.head_dim,
-            intermediate_size=self.intermediate_size,
-            training_length=max(self.lengths),
-            gates=self.gates,
-            kernel=kernel,
-            bos_token_id=0,
-            eos_token_id=1,
-            pad_token_id=2,
-        )
 
 
 def demo_tokenizer(vocab_size: int):
@@ -144,29 +105,47 @@ def training_example(sample: dict[str, Any], tok) -> tuple[list[int], list[int]]
     return prompt + answer, [-100] * len(prompt) + answer
 
 
+def batch_examples(step: int, recipe: DemoRecipe, tok) -> list[tuple[list[int], list[int]]]:
+    """The training examples of step `step`: one length (the shortest during the curriculum), `batch_tokens //
+    length` samples, formats drawn by `TASK_WEIGHTS` in groups of `SAMPLES_PER_DRAW`. Depends only on the recipe's
+    seed, its lengths and batch size, and `step`."""
+    from ..ruler import RulerError
+
+    rng = random.Random(f"gdn2-eval/demo/batch/{recipe.seed}/{step}")
+    lengths = sorted(recipe.lengths)[:1] if step < recipe.curriculum_steps else sorted(recipe.lengths)
+    length = rng.choice(lengths)
+    n = max(1, recipe.batch_tokens // length)
+    names, weights = list(TASK_WEIGHTS), list(TASK_WEIGHTS.values())
+    examples: list[tuple[list[int], list[int]]] = []
+    for draw in range(MAX_DRAWS):
+        if len(examples) >= n:
+            return examples
+        task, k = rng.choices(names, weights)[0], min(SAMPLES_PER_DRAW, n - len(examples))
+        start = ((recipe.seed * (1 << 24) + step) * MAX_DRAWS + draw) * SAMPLES_PER_DRAW  # never reused
+        try:
+            if task == "kv_recall":
+                samples = kv_recall_samples(length, k, tok, start)
+            else:
+                samples = generate_samples(task, length, k, tok, seed=TRAIN_SEED, start_index=start)
+        except RulerError:
+            continue  # the task's template does not fit this length under this tokenizer: draw another
+        examples.extend(training_example(sample, tok) for sample in samples)
+    raise UserError(f"could not fill a training batch at length {length}: too few formats fit it")
+
+
 class RetrievalStream(torch.utils.data.IterableDataset):
-    """An endless stream of training examples; each worker draws its own formats and sample indices."""
+    """Collated batches from step `start` on; worker `w` of `W` makes steps start+w, start+w+W, ..., which the
+    loader hands out in step order."""
 
-    def __init__(self, tok_dir: str, lengths: tuple[int, ...], seed: int) -> None:
-        self.tok_dir, self.lengths, self.seed = tok_dir, lengths, seed
+    def __init__(self, tok_dir: str, recipe: DemoRecipe, start: int) -> None:
+        self.tok_dir, self.recipe, self.start = tok_dir, recipe, start
 
-    def __iter__(self) -> Iterator[tuple[list[int], list[int]]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         tok = load_tokenizer(self.tok_dir)
-        rng = random.Random(f"gdn2-eval/demo/stream/{self.seed}/{worker}")
-        names, weights = list(TASK_WEIGHTS), list(TASK_WEIGHTS.values())
-        buffer: list[tuple[list[int], list[int]]] = []  # mixes draws, so that a batch holds several formats
-        for draw in range(1 << 62):
-            task, length = rng.choices(names, weights)[0], rng.choice(self.lengths)
-            start = (self.seed * (1 << 40)) + (draw * workers + worker) * SAMPLES_PER_DRAW  # never reused
-            if task == "kv_recall":
-                samples = kv_recall_samples(length, SAMPLES_PER_DRAW, tok, start)
-            else:
-                samples = generate_samples(task, length, SAMPLES_PER_DRAW, tok, seed=TRAIN_SEED, start_index=start)
-            buffer.extend(training_example(sample, tok) for sample in samples)
-            while len(buffer) > SHUFFLE_BUFFER:
-                yield buffer.pop(rng.randrange(len(buffer)))
+        for step in range(self.start + worker, 1 << 62, workers):
+            yield collate(batch_examples(step, self.recipe, tok), tok.pad_token_id)
 
 
 def collate(batch: list[tuple[list[int], list[int]]], pad_id: int, multiple: int = 64) -> tuple[torch.Tensor, ...]:
@@ -242,12 +221,11 @@ def train_demo(recipe: DemoRecipe, out: Path, device: str = "auto", resume: bool
         log = json.loads((ckpt / "log.json").read_text())
     elapsed_before = log[-1][2] if log and len(log[-1]) > 2 else 0.0  # seconds trained before a resume
 
-    stream = RetrievalStream(str(tok_dir), tuple(recipe.lengths), recipe.seed + step)  # a resumed run draws afresh
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the loader forks after the tokenizer was used
     workers = recipe.workers if dev.type == "cuda" else 0
-    loader = torch.utils.data.DataLoader(stream, batch_size=recipe.batch_size, num_workers=workers,
-                                         collate_fn=lambda b: collate(b, tok.pad_token_id),
-                                         persistent_workers=workers > 0)
+    loader = torch.utils.data.DataLoader(RetrievalStream(str(tok_dir), recipe, step), batch_size=None,
+                                         num_workers=workers, persistent_workers=workers > 0,
+                                         pin_memory=dev.type == "cuda")
     batches = iter(loader)
     autocast = torch.autocast("cuda", torch.bfloat16) if dev.type == "cuda" else torch.autocast("cpu", enabled=False)
     t0, stopped_early = time.perf_counter(), False
@@ -319,6 +297,8 @@ def model_card(record: dict[str, Any]) -> str:
               "kda": "KDA (one beta per head for erase and write, channel-wise decay)",
               "gdn": "Gated DeltaNet (one beta per head for erase and write, scalar decay)"}[r["gates"]]
     lengths = ", ".join(str(n) for n in r["lengths"])
+    curriculum = f" (the first {r['curriculum_steps']} at {min(r['lengths'])} only)" if r["curriculum_steps"] else ""
+    recipe = DemoRecipe.from_record(r)
     rows = {
         "architecture": f"{r['layers']} blocks, d_model {r['hidden_size']}, {r['heads']} heads x {r['head_dim']}, "
                         f"SwiGLU {r['intermediate_size']}, gates `{r['gates']}`",
@@ -329,8 +309,8 @@ def model_card(record: dict[str, Any]) -> str:
         "training data": f"RULER-format samples of all eight NIAH tasks and key-value lists over the built-in "
                          f"haystacks, lengths {lengths}, seed {record['train_seed']} (evaluation uses "
                          f"{record['eval_seed']})",
-        "training": f"{record['steps_done']} steps x batch {r['batch_size']}, AdamW lr {r['lr']}, answer-only loss, "
-                    f"{record['train_minutes']} min on {record['device']}",
+        "training": f"{record['steps_done']} steps of {r['batch_tokens']:,} tokens{curriculum}, AdamW lr {r['lr']}, "
+                    f"answer-only loss, {record['train_minutes']} min on {record['device']}",
         "final loss": f"{record['final_loss']} (mean of the last 50 steps; first step {record['first_loss']})",
     }
     table = "\n".join(f"| {key} | {value} |" for key, value in rows.items())
@@ -350,7 +330,7 @@ Evaluation at the end of training (RULER `string_match_all`, {r["eval_samples"]}
 |---|---|
 {scores}
 
-Reproduce: `gdn2-eval train-demo --gates {r["gates"]} --out DIR` (the whole recipe is in `training.json`).
+Reproduce: `{recipe.command()}` (the whole recipe is in `training.json`).
 """
 
 

@@ -1,0 +1,61 @@
+"""The recipe of a demo model: every choice that determines it, recorded in its `training.json`. Kept apart from
+the training code (`train.py`) so that the CLI takes its defaults from here without importing torch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+
+@dataclass
+class DemoRecipe:
+    """Everything that determines a demo model (recorded in `training.json`)."""
+
+    gates: str = "gdn2"
+    hidden_size: int = 192
+    layers: int = 4
+    heads: int = 3
+    head_dim: int = 64
+    intermediate_size: int = 512
+    vocab_size: int = 2048
+    steps: int = 3000
+    batch_tokens: int = 65536  # tokens per step: batch_tokens // length samples of one length
+    lr: float = 2e-3
+    warmup: int = 200
+    lengths: tuple[int, ...] = (512, 1024, 2048)
+    curriculum_steps: int = 750  # the first steps draw only the shortest length: retrieval is learnt there first
+    seed: int = 0
+    max_minutes: float = 14.0
+    save_every: int = 500
+    eval_samples: int = 50
+    workers: int = 4
+
+    @classmethod
+    def from_record(cls, recipe: dict) -> DemoRecipe:
+        """The recipe of a `training.json` (its lengths come back as a list; fields it does not know are dropped)."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: tuple(v) if k == "lengths" else v for k, v in recipe.items() if k in known})
+
+    def command(self) -> str:
+        """The `train-demo` command line that trains this recipe (the model shape is the demos' own)."""
+        return (f"gdn2-eval train-demo --gates {self.gates} --steps {self.steps} --batch-tokens {self.batch_tokens} "
+                f"--lengths {','.join(map(str, self.lengths))} --curriculum-steps {self.curriculum_steps} "
+                f"--seed {self.seed} --out DIR")
+
+    def config(self, kernel: str):
+        from ..model import GDN2Config
+
+        return GDN2Config(
+            vocab_size=self.vocab_size,
+            hidden_size=self.hidden_size,
+            num_hidden_layers=self.layers,
+            num_attention_heads=self.heads,
+            gdn2_num_heads=self.heads,
+            gdn2_head_dim=self.head_dim,
+            intermediate_size=self.intermediate_size,
+            training_length=max(self.lengths),
+            gates=self.gates,
+            kernel=kernel,
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=2,
+        )
