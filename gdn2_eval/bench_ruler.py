@@ -31,65 +31,68 @@ def requests_for(docs: list[dict]) -> list:
     return [Instance("generate_until", d, (d["input"] + d["answer_prefix"], dict(GEN)), i) for i, d in enumerate(docs)]
 
 
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def timed(fn) -> tuple[float, Any]:
-    torch.cuda.synchronize()
+    _sync()
     t0 = time.perf_counter()
     out = fn()
-    torch.cuda.synchronize()
+    _sync()
     return time.perf_counter() - t0, out
 
 
-def bench(samples: int, batch_size: int, hf_batch_size: int, long_length: int, hf_budget_s: float,
-          kernel: str, save) -> dict[str, Any]:
-    """The long sample (skipped when `long_length` is 0), then the comparison (skipped when `samples` is 0);
-    `save(report)` is called after every step, so a run cut short by a time limit keeps what it measured."""
-    from .bpe import train_bpe
+def bench(model, tok_dir: Path, *, samples: int, batch_size: int, hf_batch_size: int, long_length: int,
+          hf_budget_s: float, save, grid: dict[str, list[int]] | None = None) -> dict[str, Any]:
+    """The long sample (skipped when `long_length` is 0), then the comparison over `grid` (default: the paper's;
+    skipped when `samples` is 0). `save(report)` is called after every step, so a run cut short by a time limit
+    keeps what it measured."""
     from .lm_backend import GDN2LM
-    from .model import GDN2Config, GDN2ForCausalLM
-    from .ruler import ANSWER_PREFIX, NOISE, TEMPLATE, builtin_essay, load_tokenizer
+    from .ruler import PAPER_GRID, load_tokenizer
 
-    work = Path(tempfile.mkdtemp(prefix="bench-ruler-"))
-    tok_dir = work / "tok"
-    train_bpe([builtin_essay().text, TEMPLATE, ANSWER_PREFIX, NOISE] * 4, 8000).save_pretrained(tok_dir)
     tok = load_tokenizer(str(tok_dir))
-    torch.manual_seed(0)
-    model = GDN2ForCausalLM(GDN2Config.from_preset("gdn2_1.3B", kernel=kernel)).to("cuda", torch.bfloat16).eval()
-    report: dict[str, Any] = {"device": torch.cuda.get_device_name(), "model": "gdn2_1.3B (random weights, bf16)",
-                              "kernel": kernel, "samples_per_cell": samples, "gdn2_batch_size": batch_size,
-                              "hf_batch_size": hf_batch_size, "command": " ".join(sys.argv), "cells": {}}
-
+    weight = next(model.parameters())
+    report: dict[str, Any] = {
+        "device": torch.cuda.get_device_name(weight.device) if weight.is_cuda else "cpu",
+        "model": f"{getattr(model.config, 'preset', None) or 'custom'} (random weights, {weight.dtype})",
+        "kernel": model.config.kernel, "samples_per_cell": samples, "gdn2_batch_size": batch_size,
+        "hf_batch_size": hf_batch_size, "command": " ".join(sys.argv), "cells": {}}
     ours = GDN2LM(pretrained=model, tokenizer=str(tok_dir), batch_size=batch_size)
     if long_length:  # first: it is short, and a run cut off by a time limit still has it
         long_sample(report, tok, ours, long_length, save)
     if samples:
-        compare(report, model, tok, tok_dir, ours, samples, hf_batch_size, hf_budget_s, save)
+        compare(report, model, tok, tok_dir, ours, samples, hf_batch_size, hf_budget_s, save,
+                PAPER_GRID if grid is None else grid)
     return report
 
 
 def compare(report: dict[str, Any], model, tok, tok_dir: Path, ours, samples: int, hf_batch_size: int,
-            hf_budget_s: float, save) -> None:
-    """The paper's grid through both backends, cell by cell, into `report["cells"]`."""
+            hf_budget_s: float, save, grid: dict[str, list[int]]) -> None:
+    """The grid through both backends, cell by cell, into `report["cells"]`."""
     from lm_eval.models.huggingface import HFLM
 
     from .generation import greedy_generate
-    from .ruler import PAPER_GRID, generate_samples, prompt_ids, sample_score
+    from .ruler import generate_samples, prompt_ids, sample_score
 
     t_gen = time.perf_counter()
     cells = {(task, length): generate_samples(task, length, samples, tok)
-             for task, lengths in PAPER_GRID.items() for length in lengths}
+             for task, lengths in grid.items() for length in lengths}
     report["sample_generation_s"] = time.perf_counter() - t_gen
 
     stock = HFLM(pretrained=model, tokenizer=str(tok_dir), batch_size=hf_batch_size, max_length=1 << 20)
-    warm = requests_for(cells[("niah_single_1", 1024)][:4])  # compile / autotune outside the timings
+    warm = requests_for(next(iter(cells.values()))[:4])  # compile / autotune outside the timings
     ours.generate_until(warm, disable_tqdm=True), stock.generate_until(warm, disable_tqdm=True)
 
-    # the captured decode step against the eager one on the real model: same kernels, so the same tokens
-    prompts = [prompt_ids(d, tok) for d in cells[("niah_single_2", 1024)][:16]]
-    t_eager, eager = timed(lambda: greedy_generate(model, prompts, 64, cuda_graph=False))
-    t_graph, graph = timed(lambda: greedy_generate(model, prompts, 64, cuda_graph=True))
-    report["decode_check"] = {"rows": len(prompts), "new_tokens": 64, "graph_equals_eager": graph == eager,
-                              "eager_s": t_eager, "graph_s": t_graph}
-    print(json.dumps(report["decode_check"]), flush=True)
+    if next(model.parameters()).is_cuda:
+        # the captured decode step against the eager one on the real model: same kernels, so the same tokens
+        prompts = [prompt_ids(d, tok) for d in next(iter(cells.values()))[:16]]
+        t_eager, eager = timed(lambda: greedy_generate(model, prompts, 64, cuda_graph=False))
+        t_graph, graph = timed(lambda: greedy_generate(model, prompts, 64, cuda_graph=True))
+        report["decode_check"] = {"rows": len(prompts), "new_tokens": 64, "graph_equals_eager": graph == eager,
+                                  "eager_s": t_eager, "graph_s": t_graph}
+        print(json.dumps(report["decode_check"]), flush=True)
 
     # The first cell of each length runs twice per backend: its first run compiles kernel variants for the new
     # shapes (Triton specialises on sizes divisible by 16, among others), which later runs on the same machine do
@@ -124,24 +127,25 @@ def compare(report: dict[str, Any], model, tok, tok_dir: Path, ours, samples: in
 
 
 def long_sample(report: dict[str, Any], tok, ours, length: int, save) -> None:
-    """One sample of `length` tokens: prefill in chunks carrying state, constant-size decode state. A 2K sample
-    runs first, so that kernel compilation is outside the time."""
+    """One sample of `length` tokens: prefill in chunks carrying state, constant-size decode state. A sample of
+    up to 2K runs first, so that kernel compilation is outside the time."""
     from .ruler import generate_samples
 
     # Warm-up in chunks of 512 tokens, so that the chunk-carries-state variants compile here and not in the timing.
     full, ours.prefill_tokens = ours.prefill_tokens, 512
-    warm, _ = timed(lambda: ours.generate_until(requests_for(generate_samples("niah_single_2", 2048, 1, tok)),
-                                                disable_tqdm=True))
+    warm_doc = generate_samples("niah_single_2", min(2048, length), 1, tok)
+    warm, _ = timed(lambda: ours.generate_until(requests_for(warm_doc), disable_tqdm=True))
     ours.prefill_tokens = full
     doc = generate_samples("niah_single_2", length, 1, tok)[0]
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated() if cuda else 0
     secs, pred = timed(lambda: ours.generate_until(requests_for([doc]), disable_tqdm=True))
+    peak = torch.cuda.max_memory_allocated() if cuda else None
     report["long_sample"] = {"length": length, "prompt_tokens": doc["length"] - 128, "seconds": secs,
-                             "warmup_2k_s": warm,
-                             "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
-                             "peak_above_weights_gib": (torch.cuda.max_memory_allocated() - base) / 2**30,
-                             "prediction": pred[0][:80]}
+                             "warmup_s": warm, "peak_gib": peak and peak / 2**30,
+                             "peak_above_weights_gib": peak and (peak - base) / 2**30, "prediction": pred[0][:80]}
     print(json.dumps(report["long_sample"]), flush=True)
     save(report)
 
@@ -154,10 +158,20 @@ def main() -> None:
     ap.add_argument("--long-length", type=int, default=131072, help="one sample at this length (0: skip)")
     ap.add_argument("--hf-budget-s", type=float, default=400.0, help="stop running hf cells after this many seconds")
     ap.add_argument("--kernel", default="fla")
+    ap.add_argument("--preset", default="gdn2_1.3B", help="model preset, random weights in bf16")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    bench(args.samples, args.batch_size, args.hf_batch_size, args.long_length, args.hf_budget_s, args.kernel,
+    from .bpe import train_bpe
+    from .model import GDN2Config, GDN2ForCausalLM
+    from .ruler import ANSWER_PREFIX, NOISE, TEMPLATE, builtin_essay
+
+    tok_dir = Path(tempfile.mkdtemp(prefix="bench-ruler-")) / "tok"
+    train_bpe([builtin_essay().text, TEMPLATE, ANSWER_PREFIX, NOISE] * 4, 8000).save_pretrained(tok_dir)
+    torch.manual_seed(0)
+    model = GDN2ForCausalLM(GDN2Config.from_preset(args.preset, kernel=args.kernel)).to("cuda", torch.bfloat16)
+    bench(model.eval(), tok_dir, samples=args.samples, batch_size=args.batch_size, hf_batch_size=args.hf_batch_size,
+          long_length=args.long_length, hf_budget_s=args.hf_budget_s,
           save=lambda report: atomic_write(args.out, json.dumps(report, indent=1) + "\n"))
 
 

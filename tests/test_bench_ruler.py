@@ -1,0 +1,28 @@
+"""The RULER speed bench's bookkeeping, on the CPU with a tiny model (the timings themselves are taken on a GPU)."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import bpe_tokenizer, tiny_model
+
+
+def test_bench_compares_the_backends_cell_by_cell_and_saves_after_each_step(tmp_path):
+    from gdn2_eval.bench_ruler import bench
+
+    bpe_tokenizer(600).save_pretrained(tmp_path / "tok")
+    saved = []
+    report = bench(tiny_model("recurrent", vocab_size=640), tmp_path / "tok", samples=2, batch_size=2,
+                   hf_batch_size=2, long_length=1024, hf_budget_s=1e9,
+                   grid={"niah_single_1": [768], "niah_multikey_1": [768]},
+                   save=lambda r: saved.append(json.loads(json.dumps(r))))
+    assert report["device"] == "cpu" and report["long_sample"]["prompt_tokens"] <= 1024 - 128
+    assert list(report["cells"]) == ["niah_single_1@768", "niah_multikey_1@768"]
+    first = report["cells"]["niah_single_1@768"]  # only the first cell of a length is run twice (cold, then timed)
+    assert {"gdn2_cold_s", "hf_cold_s"} <= set(first) and "gdn2_cold_s" not in report["cells"]["niah_multikey_1@768"]
+    for cell in report["cells"].values():
+        # same model, same prompts, greedy: the two backends agree (a random model's answers score 0)
+        assert cell["same_prediction"] == 1.0 and cell["gdn2_score"] == cell["hf_score"] == 0
+        assert cell["speedup"] == cell["hf_s"] / cell["gdn2_s"]
+    assert report["cells_with_both"] == 2
+    assert [len(r["cells"]) for r in saved] == [0, 1, 2]  # the long sample, then one save per cell
