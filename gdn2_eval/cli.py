@@ -460,6 +460,12 @@ def train_demo(
         float, typer.Option(help="Stop training after this long (then evaluate and save).")
     ] = DemoRecipe.max_minutes,
     seed: Annotated[int, typer.Option(help="Initialisation and data-order seed.")] = DemoRecipe.seed,
+    eval_samples: Annotated[
+        int, typer.Option(help="Fresh S-NIAH-1 samples at 1K and 2K for the final evaluation (0: none).")
+    ] = DemoRecipe.eval_samples,
+    evaluate: Annotated[
+        bool, typer.Option(help="Train nothing: evaluate the trained model in --out and rewrite its card.")
+    ] = False,
     device: Annotated[str, typer.Option(help="auto (CUDA when available), cuda or cpu.")] = "auto",
     resume: Annotated[bool, typer.Option(help="Continue an interrupted training in --out.")] = False,
 ) -> None:
@@ -468,14 +474,19 @@ def train_demo(
     The shipped demos (`--model demo`, `demo-kda`, `demo-gdn`) were made with the defaults on one H100; see
     `gdn2_eval/demo/recipe.py` for the recipe and each demo's README.md for its figures."""
     from .demo import DEMOS
-    from .demo.train import train_all
+    from .demo.train import evaluate_demo, train_all
     from .demo.train import train_demo as train
     from .ruler import parse_lengths
 
+    if evaluate:
+        record = evaluate_demo(out, eval_samples, device=device)
+        typer.echo(f"S-NIAH-1 ({eval_samples} samples per cell): {record['eval_string_match_all']} -> {out}")
+        return
     if gates == "all":
         args = ["--steps", str(steps), "--batch-tokens", str(batch_tokens), "--lengths", lengths,
                 "--curriculum-steps", str(curriculum_steps), "--workers", str(workers), "--max-minutes",
-                str(max_minutes), "--seed", str(seed), "--device", device] + (["--resume"] if resume else [])
+                str(max_minutes), "--seed", str(seed), "--eval-samples", str(eval_samples), "--device", device]
+        args += ["--resume"] if resume else []
         for record in train_all(out, args):
             typer.echo(f"{record['recipe']['gates']}: {record['steps_done']} steps, final loss "
                        f"{record['final_loss']}, S-NIAH-1 {record['eval_string_match_all']}")
@@ -483,7 +494,8 @@ def train_demo(
     if gates not in DEMOS.values():
         raise UserError(f"unknown --gates {gates!r}; choose {', '.join(DEMOS.values())} or all")
     recipe = DemoRecipe(gates=gates, steps=steps, batch_tokens=batch_tokens, lengths=tuple(parse_lengths(lengths)),
-                        curriculum_steps=curriculum_steps, workers=workers, max_minutes=max_minutes, seed=seed)
+                        curriculum_steps=curriculum_steps, workers=workers, max_minutes=max_minutes, seed=seed,
+                        eval_samples=eval_samples)
     record = train(recipe, out, device=device, resume=resume)
     typer.echo(f"trained {record['steps_done']} steps in {record['train_minutes']} min, final loss "
                f"{record['final_loss']}; S-NIAH-1: {record['eval_string_match_all']} -> {out}")

@@ -111,3 +111,19 @@ def test_demo_names_resolve_or_say_how_to_get_them(tmp_path, monkeypatch):
     (tmp_path / "demo" / "config.json").write_text("{}")
     assert demo.resolve_model("demo") == str(tmp_path / "demo")
     assert demo.resolve_model("some/other/path") == "some/other/path"
+
+
+def test_a_model_trained_without_evaluation_is_evaluated_later_from_the_cli(tmp_path):
+    from conftest import cli
+
+    train_demo(DemoRecipe(steps=3, **{**TINY, "eval_samples": 0}), tmp_path / "m", device="cpu")
+    assert "Not evaluated yet" in (tmp_path / "m" / "README.md").read_text()
+    result = cli("train-demo", "--out", tmp_path / "m", "--evaluate", "--eval-samples", "3", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "m" / "training.json").read_text())
+    assert record["eval_samples"] == 3 and set(record["eval_string_match_all"]) == {
+        "niah_single_1@1024", "niah_single_1@2048"}
+    card = (tmp_path / "m" / "README.md").read_text()
+    assert "3 fresh samples per cell" in card and "| niah_single_1@2048 |" in card and "Not evaluated" not in card
+    result = cli("train-demo", "--out", tmp_path / "nothing", "--evaluate", "--device", "cpu")
+    assert result.exit_code != 0 and "no finished demo training" in result.output

@@ -261,8 +261,7 @@ def train_demo(recipe: DemoRecipe, out: Path, device: str = "auto", resume: bool
     rate = (half[-1][0] - half[0][0]) / max(1e-9, half[-1][2] - half[0][2]) if len(half) > 1 else None
 
     model.eval()
-    scores = {f"{task}@{length}": niah_score(model, tok, task, length, recipe.eval_samples)
-              for task, length in EVAL_CELLS}
+    scores = evaluation(model, tok, recipe.eval_samples)
     tail = [row[1] for row in log[-50:]]
     record = {
         "recipe": asdict(recipe),
@@ -275,6 +274,7 @@ def train_demo(recipe: DemoRecipe, out: Path, device: str = "auto", resume: bool
         "eval_seed": DEFAULT_SEED,
         "train_seed": TRAIN_SEED,
         "eval_string_match_all": scores,
+        "eval_samples": recipe.eval_samples if scores else 0,
         "parameters": sum(p.numel() for p in model.parameters()),
         "state_floats_per_layer": recipe.heads * recipe.head_dim * recipe.head_dim,
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
@@ -287,6 +287,30 @@ def train_demo(recipe: DemoRecipe, out: Path, device: str = "auto", resume: bool
     (out / "train_log.json").write_text(json.dumps(log))
     (out / "README.md").write_text(model_card(record))
     shutil.rmtree(ckpt)  # the finished model is in `out`; the training state is only for resuming
+    return record
+
+
+def evaluation(model, tok, samples: int) -> dict[str, float]:
+    """S-NIAH-1 at 1K and 2K (`EVAL_CELLS`) on `samples` fresh evaluation samples each; {} when `samples` is 0."""
+    return {f"{task}@{length}": niah_score(model, tok, task, length, samples)
+            for task, length in EVAL_CELLS} if samples else {}
+
+
+def evaluate_demo(out: Path, samples: int, device: str = "auto") -> dict[str, Any]:
+    """Evaluate the trained model in `out` (as at the end of training) and rewrite its `training.json` and card;
+    for a model trained with no evaluation, or to evaluate on another device."""
+    from ..loading import load_model
+
+    out = Path(out)
+    if not (out / "training.json").is_file():
+        raise UserError(f"{out} holds no finished demo training (no training.json)")
+    loaded = load_model(out, device=device)
+    record = json.loads((out / "training.json").read_text())
+    record["eval_string_match_all"] = evaluation(loaded.model.eval(), loaded.tokenizer, samples)
+    record["eval_samples"] = samples
+    record["eval_device"] = str(next(loaded.model.parameters()).device)
+    (out / "training.json").write_text(json.dumps(record, indent=1) + "\n")
+    (out / "README.md").write_text(model_card(record))
     return record
 
 
@@ -315,6 +339,11 @@ def model_card(record: dict[str, Any]) -> str:
     }
     table = "\n".join(f"| {key} | {value} |" for key, value in rows.items())
     scores = "\n".join(f"| {cell} | {value:.1f} |" for cell, value in record["eval_string_match_all"].items())
+    if scores:
+        evaluation_text = (f"Evaluation (RULER `string_match_all`, {record['eval_samples']} fresh samples per cell, "
+                           f"seed {record['eval_seed']}):\n\n| cell | score |\n|---|---|\n{scores}")
+    else:
+        evaluation_text = "Not evaluated yet: `gdn2-eval train-demo --out DIR --evaluate` adds the evaluation."
     return f"""# gdn2-eval demo model: {family}
 
 **This is a demo of the evaluation harness, trained on RULER-format synthetic data. It is not evidence about the
@@ -324,11 +353,7 @@ architecture at scale**: its RULER scores measure what it was trained on.
 |---|---|
 {table}
 
-Evaluation at the end of training (RULER `string_match_all`, {r["eval_samples"]} fresh samples per cell):
-
-| cell | score |
-|---|---|
-{scores}
+{evaluation_text}
 
 Reproduce: `{recipe.command()}` (the whole recipe is in `training.json`).
 """
