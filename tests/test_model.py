@@ -9,7 +9,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from gdn2_eval import GDN2Config, GDN2ForCausalLM
 from gdn2_eval.model import swa as swa_module
 
-from conftest import tiny_model
+from conftest import tiny_config, tiny_model
 
 
 @pytest.mark.parametrize("preset, expected", [("gdn2_1.3B", 1_302_638_112), ("swa_gdn2_1.3B", 1_300_314_384)])
@@ -246,3 +246,24 @@ def test_tied_gate_configs_reject_what_does_not_apply():
                 dict(gates="retnet")):
         with pytest.raises(UserError, match="gates"):
             tiny_model("recurrent", **bad)
+
+
+def test_decay_init_ranges_are_config_fields():
+    """The initial decay a * softplus(dt_bias) follows `decay_init_a` / `decay_init_dt` (default: the spec's
+    U(1, 16) per head and log-uniform 1e-3..1e-1 per channel); bad ranges are refused."""
+    import torch.nn.functional as F
+
+    from gdn2_eval.errors import UserError
+
+    def ranges(**fields):
+        model = GDN2ForCausalLM(tiny_config("recurrent", **fields))  # tiny_model() would re-draw the gates
+        a = torch.cat([m.A_log.exp() for m in model.modules() if hasattr(m, "A_log")])
+        dt = torch.cat([F.softplus(m.dt_bias) for m in model.modules() if hasattr(m, "dt_bias")])
+        return a.min().item(), a.max().item(), dt.min().item(), dt.max().item()
+
+    a_lo, a_hi, dt_lo, dt_hi = ranges()
+    assert 1 <= a_lo and a_hi <= 16 and a_hi - a_lo > 1 and 1e-3 * 0.999 <= dt_lo and dt_hi <= 0.1 * 1.001
+    a_lo, a_hi, dt_lo, dt_hi = ranges(decay_init_a=(1.0, 2.0), decay_init_dt=(1e-4, 1e-2))
+    assert 1 <= a_lo and a_hi <= 2 and 1e-4 * 0.999 <= dt_lo and dt_hi <= 1e-2 * 1.001 and dt_lo < 1e-3
+    with pytest.raises(UserError, match="decay_init_dt"):
+        tiny_config("recurrent", decay_init_dt=(1e-2, 1e-4))

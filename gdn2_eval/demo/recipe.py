@@ -23,6 +23,10 @@ class DemoRecipe:
     warmup: int = 200
     lengths: tuple[int, ...] = (512, 1024, 2048)
     curriculum_steps: int = 750  # the first steps draw only the shortest length: retrieval is learnt there first
+    # Initial decay a * dt per token of about 1e-4 to 2e-2 (the paper's init: 1e-3 to 1.6): a fresh model then still
+    # holds a needle hundreds of tokens later, so the answer's gradient reaches it (`GDN2Config.decay_init_*`).
+    decay_init_a: tuple[float, float] = (1.0, 2.0)
+    decay_init_dt: tuple[float, float] = (1e-4, 1e-2)
     seed: int = 0
     max_minutes: float = 14.0
     save_every: int = 500
@@ -31,9 +35,9 @@ class DemoRecipe:
 
     @classmethod
     def from_record(cls, recipe: dict) -> DemoRecipe:
-        """The recipe of a `training.json` (its lengths come back as a list; fields it does not know are dropped)."""
+        """The recipe of a `training.json` (tuples come back as lists; fields it does not know are dropped)."""
         known = {f.name for f in fields(cls)}
-        return cls(**{k: tuple(v) if k == "lengths" else v for k, v in recipe.items() if k in known})
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in recipe.items() if k in known})
 
     def command(self) -> str:
         """The `train-demo` command line that trains this recipe (the model shape is the demos' own)."""
@@ -53,6 +57,8 @@ class DemoRecipe:
             gdn2_head_dim=self.head_dim,
             intermediate_size=self.intermediate_size,
             training_length=max(self.lengths),
+            decay_init_a=self.decay_init_a,
+            decay_init_dt=self.decay_init_dt,
             gates=self.gates,
             kernel=kernel,
             bos_token_id=0,

@@ -120,6 +120,8 @@ class GDN2Config(PretrainedConfig):
         kernel: str = "auto",
         use_qk_l2norm: bool = True,
         initializer_range: float = 0.02,
+        decay_init_a: tuple[float, float] = (1.0, 16.0),
+        decay_init_dt: tuple[float, float] = (1e-3, 1e-1),
         tie_word_embeddings: bool = False,
         bos_token_id: int | None = 1,
         eos_token_id: int | None = 2,
@@ -152,6 +154,10 @@ class GDN2Config(PretrainedConfig):
         self.kernel = kernel
         self.use_qk_l2norm = use_qk_l2norm
         self.initializer_range = initializer_range
+        # Initial decay rate a * dt (spec section 3: a ~ U(1, 16) per head, dt log-uniform per channel); the product
+        # sets how far back a freshly initialised model remembers. Tuples (JSON gives lists back).
+        self.decay_init_a = tuple(decay_init_a)
+        self.decay_init_dt = tuple(decay_init_dt)
         super().__init__(
             bos_token_id=bos_token_id,
             eos_token_id=eos_token_id,
@@ -176,6 +182,10 @@ class GDN2Config(PretrainedConfig):
                 problems.append(f"gates={self.gates!r} needs gdn2_num_v_heads == gdn2_num_heads (one beta per head)")
             if self.allow_neg_eigval:
                 problems.append(f"allow_neg_eigval applies to GDN-2's erase gate, not to gates={self.gates!r}")
+        for name in ("decay_init_a", "decay_init_dt"):
+            lo_hi = getattr(self, name)
+            if len(lo_hi) != 2 or not 0 < lo_hi[0] <= lo_hi[1]:
+                problems.append(f"{name}={lo_hi} (a range (low, high) with 0 < low <= high)")
         if self.gdn2_per_layer < 1:
             problems.append(f"gdn2_per_layer={self.gdn2_per_layer} (must be >= 1)")
         if self.gdn2_num_v_heads % self.gdn2_num_heads:

@@ -63,9 +63,10 @@ class GDN2PreTrainedModel(PreTrainedModel):
                         init.zeros_(sub.bias)
                     sub._gdn2_initialised = True
             H, n = module.A_log.shape[0], module.dt_bias.shape[0]
-            init.copy_(module.A_log, torch.empty(H, device=module.A_log.device).uniform_(1, 16).log())
-            dt = torch.empty(n, device=module.dt_bias.device).uniform_(math.log(1e-3), math.log(1e-1)).exp()
-            dt = dt.clamp(min=1e-4)
+            (a_lo, a_hi), (dt_lo, dt_hi) = self.config.decay_init_a, self.config.decay_init_dt
+            init.copy_(module.A_log, torch.empty(H, device=module.A_log.device).uniform_(a_lo, a_hi).log())
+            dt = torch.empty(n, device=module.dt_bias.device).uniform_(math.log(dt_lo), math.log(dt_hi)).exp()
+            dt = dt.clamp(min=dt_lo)  # exp(log(.)) may round below the range
             init.copy_(module.dt_bias, dt + torch.log(-torch.expm1(-dt)))  # softplus^-1(dt)
         elif isinstance(module, nn.Linear) and not getattr(module, "_gdn2_initialised", False):
             init.normal_(module.weight, mean=0.0, std=std)
