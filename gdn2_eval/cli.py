@@ -451,8 +451,11 @@ def train_demo(
     lengths: Annotated[str, typer.Option(help="Training sample lengths in tokens, e.g. 512,1k,2k.")] = ",".join(
         map(str, DemoRecipe.lengths)),
     curriculum_steps: Annotated[
-        int, typer.Option(help="The first steps use only the shortest length.")
+        int, typer.Option(help="The first steps use --curriculum-lengths.")
     ] = DemoRecipe.curriculum_steps,
+    curriculum_lengths: Annotated[
+        str, typer.Option(help="Lengths of the first steps (short key-value lists), e.g. 160,192,256.")
+    ] = ",".join(map(str, DemoRecipe.curriculum_lengths)),
     workers: Annotated[
         int, typer.Option(help="Data-generating processes (on CUDA; the CPU path makes data inline).")
     ] = DemoRecipe.workers,
@@ -484,8 +487,9 @@ def train_demo(
         return
     if gates == "all":
         args = ["--steps", str(steps), "--batch-tokens", str(batch_tokens), "--lengths", lengths,
-                "--curriculum-steps", str(curriculum_steps), "--workers", str(workers), "--max-minutes",
-                str(max_minutes), "--seed", str(seed), "--eval-samples", str(eval_samples), "--device", device]
+                "--curriculum-steps", str(curriculum_steps), "--curriculum-lengths", curriculum_lengths,
+                "--workers", str(workers), "--max-minutes", str(max_minutes), "--seed", str(seed),
+                "--eval-samples", str(eval_samples), "--device", device]
         args += ["--resume"] if resume else []
         for record in train_all(out, args):
             typer.echo(f"{record['recipe']['gates']}: {record['steps_done']} steps, final loss "
@@ -494,8 +498,8 @@ def train_demo(
     if gates not in DEMOS.values():
         raise UserError(f"unknown --gates {gates!r}; choose {', '.join(DEMOS.values())} or all")
     recipe = DemoRecipe(gates=gates, steps=steps, batch_tokens=batch_tokens, lengths=tuple(parse_lengths(lengths)),
-                        curriculum_steps=curriculum_steps, workers=workers, max_minutes=max_minutes, seed=seed,
-                        eval_samples=eval_samples)
+                        curriculum_steps=curriculum_steps, curriculum_lengths=tuple(parse_lengths(curriculum_lengths)),
+                        workers=workers, max_minutes=max_minutes, seed=seed, eval_samples=eval_samples)
     record = train(recipe, out, device=device, resume=resume)
     typer.echo(f"trained {record['steps_done']} steps in {record['train_minutes']} min, final loss "
                f"{record['final_loss']}; S-NIAH-1: {record['eval_string_match_all']} -> {out}")

@@ -36,12 +36,15 @@ def test_training_examples_put_the_loss_on_the_answer_only(demo_tok):
 
 
 def test_batches_depend_only_on_the_step_and_start_short(demo_tok, tmp_path):
-    recipe = DemoRecipe(**{**TINY, "lengths": (640, 1280), "batch_tokens": 2560, "curriculum_steps": 3})
+    recipe = DemoRecipe(**{**TINY, "lengths": (640, 1280), "batch_tokens": 2560, "curriculum_steps": 3,
+                           "curriculum_lengths": (160,)})
     first = [demo_train.batch_examples(step, recipe, demo_tok) for step in range(8)]
     assert first == [demo_train.batch_examples(step, recipe, demo_tok) for step in range(8)]
     assert len({tuple(ids) for batch in first for ids, _ in batch}) == sum(map(len, first))  # no sample repeats
     sizes = [len(batch) for batch in first]
-    assert sizes[:3] == [4, 4, 4] and set(sizes[3:]) <= {2, 4} and 2 in sizes  # 2560 // 640 or 2560 // 1280
+    assert sizes[:3] == [16, 16, 16] and set(sizes[3:]) <= {2, 4} and 2 in sizes  # 2560 // 160, 640 or 1280
+    # at 160 tokens only the key-value lists fit: the formats that do not are left out, not retried
+    assert all(demo_tok.decode(ids).startswith("Remember the value of every key.") for ids, _ in first[0])
     for batch in first:  # every example of a batch fits the batch's length
         assert max(len(ids) for ids, _ in batch) <= 2560 // len(batch)
     demo_tok.save_pretrained(tmp_path / "tok")
@@ -65,6 +68,8 @@ def test_tiny_demo_trains_saves_a_loadable_model_and_a_card(tmp_path):
     card = (tmp_path / "m" / "README.md").read_text()
     assert "not evidence about the\narchitecture at scale" in card and f"{rec['parameters']:,}" in card
     assert "train-demo --gates kda --steps 40 --batch-tokens 2560 --lengths 640 --curriculum-steps 0" in card
+    assert DemoRecipe.from_record(json.loads((tmp_path / "m" / "training.json").read_text())["recipe"]) == DemoRecipe(
+        gates="kda", steps=40, **TINY)  # the record gives the recipe back
     assert not (tmp_path / "m" / "checkpoint").exists()
     loaded = load_model(tmp_path / "m", device="cpu")
     assert loaded.model.config.gates == "kda" and loaded.tokenizer.eos_token_id == 1

@@ -22,7 +22,10 @@ class DemoRecipe:
     lr: float = 2e-3
     warmup: int = 200
     lengths: tuple[int, ...] = (512, 1024, 2048)
-    curriculum_steps: int = 750  # the first steps draw only the shortest length: retrieval is learnt there first
+    # The first steps draw short key-value lists (160-256 tokens: only the formats that fit), where a small model
+    # gets past the answer-format plateau (loss about ln 10 per digit) first; the longer lengths follow.
+    curriculum_steps: int = 750
+    curriculum_lengths: tuple[int, ...] = (160, 192, 256)
     # Initial decay a * dt per token of about 1e-4 to 2e-2 (the paper's init: 1e-3 to 1.6): a fresh model then still
     # holds a needle hundreds of tokens later, so the answer's gradient reaches it (`GDN2Config.decay_init_*`).
     decay_init_a: tuple[float, float] = (1.0, 2.0)
@@ -43,6 +46,7 @@ class DemoRecipe:
         """The `train-demo` command line that trains this recipe (the model shape is the demos' own)."""
         return (f"gdn2-eval train-demo --gates {self.gates} --steps {self.steps} --batch-tokens {self.batch_tokens} "
                 f"--lengths {','.join(map(str, self.lengths))} --curriculum-steps {self.curriculum_steps} "
+                f"--curriculum-lengths {','.join(map(str, self.curriculum_lengths))} "
                 f"--seed {self.seed} --out DIR")
 
     def config(self, kernel: str):

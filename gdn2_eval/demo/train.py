@@ -5,7 +5,7 @@
 * Data (`RetrievalStream`, `batch_examples`): RULER-format samples of every NIAH task over the built-in haystacks,
   and a key-value list recall format, at lengths up to 2K, generated on the fly with `TRAIN_SEED`, never the
   evaluation seed. Each step holds one length and about `batch_tokens` tokens (many short samples or few long
-  ones, no padding between lengths); the first `curriculum_steps` use only the shortest length. Batch `n` depends
+  ones, no padding between lengths); the first `curriculum_steps` use `curriculum_lengths`. Batch `n` depends
   only on the recipe and `n`: the same for any number of data workers, and a resumed run continues it.
 * Loss: on the answer only (the values, the closing period and EOS): the models learn retrieval, not the haystack.
 * On CUDA the recurrence runs through fla's kernels (forward and backward) under bf16 autocast; elsewhere through
@@ -106,21 +106,23 @@ def training_example(sample: dict[str, Any], tok) -> tuple[list[int], list[int]]
 
 
 def batch_examples(step: int, recipe: DemoRecipe, tok) -> list[tuple[list[int], list[int]]]:
-    """The training examples of step `step`: one length (the shortest during the curriculum), `batch_tokens //
-    length` samples, formats drawn by `TASK_WEIGHTS` in groups of `SAMPLES_PER_DRAW`. Depends only on the recipe's
-    seed, its lengths and batch size, and `step`."""
+    """The training examples of step `step`: one length (from `curriculum_lengths` during the curriculum),
+    `batch_tokens // length` samples, formats drawn by `TASK_WEIGHTS` among those that fit the length, in groups of
+    `SAMPLES_PER_DRAW`. Depends only on the recipe's seed, lengths and batch size, and `step`."""
     from ..ruler import RulerError
 
     rng = random.Random(f"gdn2-eval/demo/batch/{recipe.seed}/{step}")
-    lengths = sorted(recipe.lengths)[:1] if step < recipe.curriculum_steps else sorted(recipe.lengths)
-    length = rng.choice(lengths)
+    length = rng.choice(sorted(recipe.curriculum_lengths if step < recipe.curriculum_steps else recipe.lengths))
     n = max(1, recipe.batch_tokens // length)
-    names, weights = list(TASK_WEIGHTS), list(TASK_WEIGHTS.values())
+    weights = dict(TASK_WEIGHTS)
     examples: list[tuple[list[int], list[int]]] = []
     for draw in range(MAX_DRAWS):
         if len(examples) >= n:
             return examples
-        task, k = rng.choices(names, weights)[0], min(SAMPLES_PER_DRAW, n - len(examples))
+        if not weights:
+            break
+        task = rng.choices(list(weights), list(weights.values()))[0]
+        k = min(SAMPLES_PER_DRAW, n - len(examples))
         start = ((recipe.seed * (1 << 24) + step) * MAX_DRAWS + draw) * SAMPLES_PER_DRAW  # never reused
         try:
             if task == "kv_recall":
@@ -128,9 +130,10 @@ def batch_examples(step: int, recipe: DemoRecipe, tok) -> list[tuple[list[int], 
             else:
                 samples = generate_samples(task, length, k, tok, seed=TRAIN_SEED, start_index=start)
         except RulerError:
-            continue  # the task's template does not fit this length under this tokenizer: draw another
+            del weights[task]  # its template does not fit this length under this tokenizer: draw among the others
+            continue
         examples.extend(training_example(sample, tok) for sample in samples)
-    raise UserError(f"could not fill a training batch at length {length}: too few formats fit it")
+    raise UserError(f"could not fill a training batch at length {length}: no training format fits it")
 
 
 class RetrievalStream(torch.utils.data.IterableDataset):
@@ -321,8 +324,9 @@ def model_card(record: dict[str, Any]) -> str:
               "kda": "KDA (one beta per head for erase and write, channel-wise decay)",
               "gdn": "Gated DeltaNet (one beta per head for erase and write, scalar decay)"}[r["gates"]]
     lengths = ", ".join(str(n) for n in r["lengths"])
-    curriculum = f" (the first {r['curriculum_steps']} at {min(r['lengths'])} only)" if r["curriculum_steps"] else ""
     recipe = DemoRecipe.from_record(r)
+    short = ", ".join(map(str, recipe.curriculum_lengths))
+    curriculum = f" (the first {r['curriculum_steps']} at lengths {short})" if r["curriculum_steps"] else ""
     rows = {
         "architecture": f"{r['layers']} blocks, d_model {r['hidden_size']}, {r['heads']} heads x {r['head_dim']}, "
                         f"SwiGLU {r['intermediate_size']}, gates `{r['gates']}`",
