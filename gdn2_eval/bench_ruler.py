@@ -132,10 +132,12 @@ def long_sample(report: dict[str, Any], tok, ours, length: int, save) -> None:
     from .ruler import generate_samples
 
     # Warm-up in chunks of 512 tokens, so that the chunk-carries-state variants compile here and not in the timing.
-    full, ours.prefill_tokens = ours.prefill_tokens, 512
     warm_doc = generate_samples("niah_single_2", min(2048, length), 1, tok)
-    warm, _ = timed(lambda: ours.generate_until(requests_for(warm_doc), disable_tqdm=True))
-    ours.prefill_tokens = full
+    full, ours.prefill_tokens = ours.prefill_tokens, 512
+    try:
+        warm, _ = timed(lambda: ours.generate_until(requests_for(warm_doc), disable_tqdm=True))
+    finally:
+        ours.prefill_tokens = full
     doc = generate_samples("niah_single_2", length, 1, tok)[0]
     cuda = torch.cuda.is_available()
     if cuda:

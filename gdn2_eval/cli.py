@@ -485,21 +485,17 @@ def train_demo(
         record = evaluate_demo(out, eval_samples, device=device)
         typer.echo(f"S-NIAH-1 ({eval_samples} samples per cell): {record['eval_string_match_all']} -> {out}")
         return
+    recipe = DemoRecipe(gates=gates, steps=steps, batch_tokens=batch_tokens, lengths=tuple(parse_lengths(lengths)),
+                        curriculum_steps=curriculum_steps, curriculum_lengths=tuple(parse_lengths(curriculum_lengths)),
+                        workers=workers, max_minutes=max_minutes, seed=seed, eval_samples=eval_samples)
     if gates == "all":
-        args = ["--steps", str(steps), "--batch-tokens", str(batch_tokens), "--lengths", lengths,
-                "--curriculum-steps", str(curriculum_steps), "--curriculum-lengths", curriculum_lengths,
-                "--workers", str(workers), "--max-minutes", str(max_minutes), "--seed", str(seed),
-                "--eval-samples", str(eval_samples), "--device", device]
-        args += ["--resume"] if resume else []
+        args = recipe.cli_args() + ["--device", device] + (["--resume"] if resume else [])
         for record in train_all(out, args):
             typer.echo(f"{record['recipe']['gates']}: {record['steps_done']} steps, final loss "
                        f"{record['final_loss']}, S-NIAH-1 {record['eval_string_match_all']}")
         return
     if gates not in DEMOS.values():
         raise UserError(f"unknown --gates {gates!r}; choose {', '.join(DEMOS.values())} or all")
-    recipe = DemoRecipe(gates=gates, steps=steps, batch_tokens=batch_tokens, lengths=tuple(parse_lengths(lengths)),
-                        curriculum_steps=curriculum_steps, curriculum_lengths=tuple(parse_lengths(curriculum_lengths)),
-                        workers=workers, max_minutes=max_minutes, seed=seed, eval_samples=eval_samples)
     record = train(recipe, out, device=device, resume=resume)
     typer.echo(f"trained {record['steps_done']} steps in {record['train_minutes']} min, final loss "
                f"{record['final_loss']}; S-NIAH-1: {record['eval_string_match_all']} -> {out}")

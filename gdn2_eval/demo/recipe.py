@@ -42,12 +42,17 @@ class DemoRecipe:
         known = {f.name for f in fields(cls)}
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in recipe.items() if k in known})
 
+    def cli_args(self) -> list[str]:
+        """The `train-demo` options that set this recipe's training fields (the model shape is the demos' own)."""
+        return ["--steps", str(self.steps), "--batch-tokens", str(self.batch_tokens),
+                "--lengths", ",".join(map(str, self.lengths)), "--curriculum-steps", str(self.curriculum_steps),
+                "--curriculum-lengths", ",".join(map(str, self.curriculum_lengths)), "--workers", str(self.workers),
+                "--max-minutes", str(self.max_minutes), "--seed", str(self.seed),
+                "--eval-samples", str(self.eval_samples)]
+
     def command(self) -> str:
-        """The `train-demo` command line that trains this recipe (the model shape is the demos' own)."""
-        return (f"gdn2-eval train-demo --gates {self.gates} --steps {self.steps} --batch-tokens {self.batch_tokens} "
-                f"--lengths {','.join(map(str, self.lengths))} --curriculum-steps {self.curriculum_steps} "
-                f"--curriculum-lengths {','.join(map(str, self.curriculum_lengths))} "
-                f"--seed {self.seed} --out DIR")
+        """The `train-demo` command line that trains this recipe."""
+        return " ".join(["gdn2-eval train-demo --gates", self.gates, *self.cli_args(), "--out DIR"])
 
     def config(self, kernel: str):
         from ..model import GDN2Config

@@ -222,7 +222,7 @@ def train_demo(recipe: DemoRecipe, out: Path, device: str = "auto", resume: bool
         opt.load_state_dict(state["optimizer"])
         step = int(state["step"])
         log = json.loads((ckpt / "log.json").read_text())
-    elapsed_before = log[-1][2] if log and len(log[-1]) > 2 else 0.0  # seconds trained before a resume
+    elapsed_before = log[-1][2] if log else 0.0  # seconds trained before a resume
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the loader forks after the tokenizer was used
     workers = recipe.workers if dev.type == "cuda" else 0
@@ -250,9 +250,10 @@ def train_demo(recipe: DemoRecipe, out: Path, device: str = "auto", resume: bool
         opt.step()
         opt.zero_grad(set_to_none=True)
         step += 1
-        log.append([step, round(loss.item(), 5), round(time.perf_counter() - t0 + elapsed_before, 2)])
+        value = loss.item()  # one device sync per step
+        log.append([step, round(value, 5), round(time.perf_counter() - t0 + elapsed_before, 2)])
         bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.3f}")
+        bar.set_postfix(loss=f"{value:.3f}")
         if step % recipe.save_every == 0 or step == recipe.steps:
             ckpt.mkdir(exist_ok=True)
             torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step}, ckpt / "tmp.pt")
