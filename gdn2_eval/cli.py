@@ -460,7 +460,8 @@ def train_demo(
         int, typer.Option(help="Data-generating processes (on CUDA; the CPU path makes data inline).")
     ] = DemoRecipe.workers,
     max_minutes: Annotated[
-        float, typer.Option(help="Stop training after this long (then evaluate and save).")
+        float, typer.Option(help="Stop training after this long, then evaluate and save; the checkpoint stays for "
+                          "--resume.")
     ] = DemoRecipe.max_minutes,
     seed: Annotated[int, typer.Option(help="Initialisation and data-order seed.")] = DemoRecipe.seed,
     eval_samples: Annotated[

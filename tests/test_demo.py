@@ -35,6 +35,16 @@ def test_training_examples_put_the_loss_on_the_answer_only(demo_tok):
     assert demo_train.TRAIN_SEED != demo_train.DEFAULT_SEED
 
 
+def test_key_value_lists_fill_their_length_and_ask_about_a_listed_key(demo_tok):
+    for length in (384, 1024):
+        for s in kv_recall_samples(length, 8, demo_tok, start=100):
+            used = len(demo_tok(s["input"] + s["answer_prefix"], add_special_tokens=False)["input_ids"]) + 128
+            assert 0.9 * length <= used <= length  # as many lines as fit, no more
+            key = s["answer_prefix"].removeprefix(" The value of ").removesuffix(" is")
+            assert f"\n{key}: {s['outputs'][0]}\n" in s["input"]
+            assert s["input"].endswith(f"What is the value of {key}?")
+
+
 def test_batches_depend_only_on_the_step_and_start_short(demo_tok, tmp_path):
     recipe = DemoRecipe(**{**TINY, "lengths": (640, 1280), "batch_tokens": 2560, "curriculum_steps": 3,
                            "curriculum_lengths": (160,)})
@@ -102,6 +112,15 @@ def test_interrupted_training_resumes_from_its_checkpoint(tmp_path, monkeypatch)
     assert rec["steps_done"] == 20 and [row[0] for row in log] == list(range(1, 21))
     seconds = [row[2] for row in log]  # the clock carries on across the resume
     assert seconds == sorted(seconds) and rec["train_minutes"] * 60 >= seconds[-1] - 0.6
+
+
+def test_a_run_stopped_by_its_time_limit_keeps_its_checkpoint_and_resumes(tmp_path):
+    stopped = train_demo(DemoRecipe(steps=6, max_minutes=0.0, **TINY), tmp_path / "m", device="cpu")
+    assert stopped["stopped_by_time_limit"] and stopped["steps_done"] == 0
+    assert torch.load(tmp_path / "m" / "checkpoint" / "state.pt", weights_only=True)["step"] == 0
+    rec = train_demo(DemoRecipe(steps=6, **TINY), tmp_path / "m", device="cpu", resume=True)
+    assert rec["steps_done"] == 6 and not rec["stopped_by_time_limit"]
+    assert not (tmp_path / "m" / "checkpoint").exists()
 
 
 def test_demo_names_resolve_or_say_how_to_get_them(tmp_path, monkeypatch):

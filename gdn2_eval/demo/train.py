@@ -79,22 +79,37 @@ def demo_tokenizer(vocab_size: int):
 
 def kv_recall_samples(length: int, n: int, tok, start: int, seed: int = TRAIN_SEED) -> list[dict[str, Any]]:
     """A second retrieval format: a list of `key: value` lines and a question about one key, prompt tokens + 128
-    within `length`, in the RULER sample schema (`input`, `answer_prefix`, `outputs`)."""
+    within `length` and as many lines as fit, in the RULER sample schema (`input`, `answer_prefix`, `outputs`)."""
     out = []
     for index in range(start, start + n):
         rng = random.Random(f"gdn2-eval/demo/kv/{seed}/{length}/{index}")
         used: set[str] = set()
-        pairs = [(draw_unique("words", rng, used), draw_unique("numbers", rng, used)) for _ in range(length // 12)]
-        while True:
-            key, value = rng.choice(pairs)
-            text = "Remember the value of every key.\n" + "\n".join(f"{k}: {v}" for k, v in pairs)
-            text += f"\nWhat is the value of {key}?"
-            prefix = f" The value of {key} is"
+        pairs = [(draw_unique("words", rng, used), draw_unique("numbers", rng, used)) for _ in range(length // 6)]
+        # How many lines fit, from each line's token count (one batched call): tokenising the whole prompt per
+        # candidate count made this format the slowest part of a short training batch.
+        lines = tok([f"{k}: {v}\n" for k, v in pairs], add_special_tokens=False)["input_ids"]
+        longest = max((k for k, _ in pairs), key=len)
+        budget = length - 128 - len(tok(_kv_text([], longest)[0] + _kv_text([], longest)[1],
+                                         add_special_tokens=False)["input_ids"])
+        keep, used_tokens = 0, 0
+        while keep < len(pairs) and used_tokens + len(lines[keep]) <= budget:
+            used_tokens += len(lines[keep])
+            keep += 1
+        pairs = pairs[: max(2, keep)]
+        key, value = rng.choice(pairs)
+        while True:  # the per-line count is an estimate (tokens can merge across a line break): check the prompt
+            text, prefix = _kv_text(pairs, key)
             if len(tok(text + prefix, add_special_tokens=False)["input_ids"]) + 128 <= length or len(pairs) <= 2:
                 break
-            pairs = pairs[: max(2, int(len(pairs) * 0.85))]
+            pairs.remove(next(p for p in reversed(pairs) if p[0] != key))
         out.append({"input": text, "answer_prefix": prefix, "outputs": [value], "length": length})
     return out
+
+
+def _kv_text(pairs: list[tuple[str, str]], key: str) -> tuple[str, str]:
+    """(prompt text, answer prefix) of a key-value list sample."""
+    text = "Remember the value of every key.\n" + "\n".join(f"{k}: {v}" for k, v in pairs)
+    return text + f"\nWhat is the value of {key}?", f" The value of {key} is"
 
 
 def training_example(sample: dict[str, Any], tok) -> tuple[list[int], list[int]]:
@@ -254,12 +269,11 @@ def train_demo(recipe: DemoRecipe, out: Path, device: str = "auto", resume: bool
         log.append([step, round(value, 5), round(time.perf_counter() - t0 + elapsed_before, 2)])
         bar.update(1)
         bar.set_postfix(loss=f"{value:.3f}")
-        if step % recipe.save_every == 0 or step == recipe.steps:
-            ckpt.mkdir(exist_ok=True)
-            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step}, ckpt / "tmp.pt")
-            (ckpt / "tmp.pt").replace(ckpt / "state.pt")
-            (ckpt / "log.json").write_text(json.dumps(log))
+        if step % recipe.save_every == 0:
+            save_checkpoint(ckpt, model, opt, step, log)
     bar.close()
+    if stopped_early:  # keep what was trained: `--resume` with a longer --max-minutes continues from here
+        save_checkpoint(ckpt, model, opt, step, log)
     minutes = (time.perf_counter() - t0 + elapsed_before) / 60
     half = log[len(log) // 2:]  # steady speed: the second half, past kernel compilation and data-worker start
     rate = (half[-1][0] - half[0][0]) / max(1e-9, half[-1][2] - half[0][2]) if len(half) > 1 else None
@@ -273,7 +287,7 @@ def train_demo(recipe: DemoRecipe, out: Path, device: str = "auto", resume: bool
         "stopped_by_time_limit": stopped_early,
         "train_minutes": round(minutes, 2),
         "steps_per_second": round(rate, 2) if rate else None,
-        "final_loss": round(sum(tail) / max(1, len(tail)), 4),
+        "final_loss": round(sum(tail) / len(tail), 4) if tail else None,
         "first_loss": log[0][1] if log else None,
         "eval_seed": DEFAULT_SEED,
         "train_seed": TRAIN_SEED,
@@ -290,8 +304,17 @@ def train_demo(recipe: DemoRecipe, out: Path, device: str = "auto", resume: bool
     (out / "training.json").write_text(json.dumps(record, indent=1) + "\n")
     (out / "train_log.json").write_text(json.dumps(log))
     (out / "README.md").write_text(model_card(record))
-    shutil.rmtree(ckpt)  # the finished model is in `out`; the training state is only for resuming
+    if not stopped_early:
+        shutil.rmtree(ckpt)  # the finished model is in `out`; the training state is only for resuming
     return record
+
+
+def save_checkpoint(ckpt: Path, model, opt, step: int, log: list) -> None:
+    """The training state for `--resume`, written atomically (an interrupted save leaves the previous one)."""
+    ckpt.mkdir(exist_ok=True)
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step}, ckpt / "tmp.pt")
+    (ckpt / "tmp.pt").replace(ckpt / "state.pt")
+    (ckpt / "log.json").write_text(json.dumps(log))
 
 
 def evaluation(model, tok, samples: int) -> dict[str, float]:
