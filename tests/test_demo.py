@@ -151,3 +151,26 @@ def test_a_model_trained_without_evaluation_is_evaluated_later_from_the_cli(tmp_
     assert "3 fresh samples per cell" in card and "| niah_single_1@2048 |" in card and "Not evaluated" not in card
     result = cli("train-demo", "--out", tmp_path / "nothing", "--evaluate", "--device", "cpu")
     assert result.exit_code != 0 and "no finished demo training" in result.output
+
+
+def test_the_three_demos_take_turns_over_several_gpus(tmp_path, monkeypatch):
+    started = []
+
+    class Proc:
+        def __init__(self, cmd, env=None):
+            started.append((cmd[cmd.index("--gates") + 1], (env or {}).get("CUDA_VISIBLE_DEVICES")))
+            out = tmp_path / cmd[cmd.index("--out") + 1]
+            out.mkdir(parents=True)
+            (out / "training.json").write_text("{}")
+
+        def wait(self):
+            return 0
+
+    monkeypatch.setattr("subprocess.Popen", Proc)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5")
+    assert demo_train.train_all(tmp_path, []) == [{}, {}, {}]
+    assert started == [("gdn2", "2"), ("kda", "5"), ("gdn", "2")]
+    started.clear()
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")  # one GPU: they share it, inheriting the environment
+    demo_train.train_all(tmp_path / "one", [])
+    assert [gpu for _, gpu in started] == [None, None, None]

@@ -388,17 +388,29 @@ Reproduce: `{recipe.command()}` (the whole recipe is in `training.json`).
 
 
 def train_all(out: Path, args: list[str]) -> list[dict[str, Any]]:
-    """Train the three demos at once, one process each (they share a GPU: each is far too small to fill it), into
-    `out/demo`, `out/demo-kda`, `out/demo-gdn`; `args` are the other `train-demo` options. Returns their records."""
+    """Train the three demos at once, one process each, into `out/demo`, `out/demo-kda`, `out/demo-gdn`; `args` are
+    the other `train-demo` options. They share a GPU (each is far too small to fill one), or take turns over the
+    visible GPUs when there are several. Returns their records."""
     import subprocess
     import sys
 
     from . import DEMOS
 
-    procs = {name: subprocess.Popen([sys.executable, "-m", "gdn2_eval", "train-demo", "--gates", gates,
-                                     "--out", str(Path(out) / name), *args])
-             for name, gates in DEMOS.items()}
+    procs = {}
+    for i, (name, gates) in enumerate(DEMOS.items()):
+        gpu = _gpu_for(i)
+        env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else None
+        procs[name] = subprocess.Popen([sys.executable, "-m", "gdn2_eval", "train-demo", "--gates", gates,
+                                        "--out", str(Path(out) / name), *args], env=env)
     failed = [name for name, proc in procs.items() if proc.wait() != 0]
     if failed:
         raise UserError(f"training failed for {', '.join(failed)} (see the output above)")
     return [json.loads((Path(out) / name / "training.json").read_text()) for name in procs]
+
+
+def _gpu_for(i: int) -> str | None:
+    """The GPU of the `i`-th training process, round robin over the visible ones; None with fewer than two."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    gpus = ([g for g in visible.split(",") if g.strip()] if visible is not None
+            else [str(n) for n in range(torch.cuda.device_count())])
+    return gpus[i % len(gpus)].strip() if len(gpus) > 1 else None
