@@ -3,6 +3,7 @@ store that survives interruption (see `results_store`)."""
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import shutil
@@ -152,6 +153,16 @@ def task_manager(tasks_dir: Path | None, metadata: dict[str, Any] | None = None)
     return TaskManager(include_path=include, metadata=metadata)
 
 
+def with_metadata(manager, metadata: dict[str, Any]):
+    """`manager` with other metadata for the tasks it loads, sharing its task index: building an index reads every
+    lm-eval task YAML (over 10 s), and a RULER grid needs one set of metadata per length."""
+    derived = copy.copy(manager)
+    derived.metadata = metadata
+    if hasattr(manager, "_factory"):  # lm-eval >= 0.4.10 hands metadata to tasks through its factory
+        derived._factory = type(manager._factory)(meta=metadata)
+    return derived
+
+
 def check_tasks(names: list[str], manager) -> None:
     known = set(manager.all_tasks)
     unknown = [t for t in names if t not in known]
@@ -182,8 +193,14 @@ def _check_out_dir(out: Path, model_path: str, force: bool, clear: bool = True) 
 def run(spec: RunSpec, progress=None) -> Path:
     """Evaluate `spec.model` on `spec.tasks`; returns the output directory."""
     import lm_eval
+    import lm_eval.evaluator
 
     from .lm_backend import GDN2LM, NonFiniteLogits
+
+    # lm-eval records `git describe` of the working directory (printing git's error outside a checkout); the
+    # revision that identifies the harness is gdn2-eval's own
+    if hasattr(lm_eval.evaluator, "get_git_commit_hash"):
+        lm_eval.evaluator.get_git_commit_hash = git_revision
 
     manager = task_manager(spec.tasks_dir)
     check_tasks(spec.tasks, manager)
@@ -234,7 +251,7 @@ def run(spec: RunSpec, progress=None) -> Path:
         if unit.metadata:  # a task manager per set of generation options (lm-eval passes them to the task)
             key = json.dumps(unit.metadata, sort_keys=True)
             if key not in managers:
-                managers[key] = task_manager(spec.tasks_dir, unit.metadata)
+                managers[key] = with_metadata(manager, unit.metadata)
             unit_manager = managers[key]
         else:
             unit_manager = manager

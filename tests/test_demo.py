@@ -110,6 +110,8 @@ def test_interrupted_training_resumes_from_its_checkpoint(tmp_path, monkeypatch)
     rec = train_demo(recipe, tmp_path / "m", device="cpu", resume=True)
     log = json.loads((tmp_path / "m" / "train_log.json").read_text())
     assert rec["steps_done"] == 20 and [row[0] for row in log] == list(range(1, 21))
+    assert rec["resumed_at_steps"] == [10] and "resumed from its checkpoint at step 10" in (
+        tmp_path / "m" / "README.md").read_text()
     seconds = [row[2] for row in log]  # the clock carries on across the resume
     assert seconds == sorted(seconds) and rec["train_minutes"] * 60 >= seconds[-1] - 0.6
 
@@ -120,6 +122,7 @@ def test_a_run_stopped_by_its_time_limit_keeps_its_checkpoint_and_resumes(tmp_pa
     assert torch.load(tmp_path / "m" / "checkpoint" / "state.pt", weights_only=True)["step"] == 0
     rec = train_demo(DemoRecipe(steps=6, **TINY), tmp_path / "m", device="cpu", resume=True)
     assert rec["steps_done"] == 6 and not rec["stopped_by_time_limit"]
+    assert rec["resumed_at_steps"] == [0]
     assert not (tmp_path / "m" / "checkpoint").exists()
 
 

@@ -101,3 +101,26 @@ def test_a_retrieval_task_added_in_a_user_directory_runs(ruler_model, tmp_path):
     ]
     doc = json.loads((out / "samples" / "niah_uuid_noise@1024.jsonl").read_text().splitlines()[0])["doc"]
     assert len(doc["outputs"][0]) == 36 and doc["outputs"][0] in doc["input"]  # a UUID value, in the prompt
+
+
+def test_a_ruler_grid_builds_the_task_index_once(ruler_model, tmp_path, monkeypatch):
+    """Each length is its own set of task metadata; they share one lm-eval task index (building one reads every
+    lm-eval YAML), and each cell still gets its own length."""
+    from lm_eval.tasks._index import TaskIndex
+
+    builds = []
+    real = TaskIndex.build  # a static method
+
+    def counted(*args, **kwargs):
+        builds.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(TaskIndex, "build", staticmethod(counted))
+    out = tmp_path / "grid"
+    res = cli("run", "--model", ruler_model, "--tasks", "niah_single_1", "--lengths", "1k,2k", "--samples", "2",
+              "--device", "cpu", "--batch-size", "2", "--out", out)
+    assert res.exit_code == 0, res.output
+    assert len(builds) == 1
+    for length in (1024, 2048):
+        docs = [json.loads(line)["doc"] for line in (out / "samples" / f"niah_single_1@{length}.jsonl").open()]
+        assert [d["max_length"] for d in docs] == [length, length]

@@ -230,12 +230,13 @@ def train_demo(recipe: DemoRecipe, out: Path, device: str = "auto", resume: bool
     kernel = "fla" if dev.type == "cuda" else "torch"
     model = GDN2ForCausalLM(recipe.config(kernel)).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, betas=(0.9, 0.95), weight_decay=0.01)
-    step, log = 0, []  # log rows: [step, loss, seconds since the start of training]
+    step, log, resumed_at = 0, [], []  # log rows: [step, loss, seconds since the start of training]
     if resume and (ckpt / "state.pt").is_file():
         state = torch.load(ckpt / "state.pt", map_location=dev, weights_only=True)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         step = int(state["step"])
+        resumed_at = [*state.get("resumed_at", []), step]
         log = json.loads((ckpt / "log.json").read_text())
     elapsed_before = log[-1][2] if log else 0.0  # seconds trained before a resume
 
@@ -270,10 +271,10 @@ def train_demo(recipe: DemoRecipe, out: Path, device: str = "auto", resume: bool
         bar.update(1)
         bar.set_postfix(loss=f"{value:.3f}")
         if step % recipe.save_every == 0:
-            save_checkpoint(ckpt, model, opt, step, log)
+            save_checkpoint(ckpt, model, opt, step, log, resumed_at)
     bar.close()
     if stopped_early:  # keep what was trained: `--resume` with a longer --max-minutes continues from here
-        save_checkpoint(ckpt, model, opt, step, log)
+        save_checkpoint(ckpt, model, opt, step, log, resumed_at)
     minutes = (time.perf_counter() - t0 + elapsed_before) / 60
     half = log[len(log) // 2:]  # steady speed: the second half, past kernel compilation and data-worker start
     rate = (half[-1][0] - half[0][0]) / max(1e-9, half[-1][2] - half[0][2]) if len(half) > 1 else None
@@ -285,6 +286,7 @@ def train_demo(recipe: DemoRecipe, out: Path, device: str = "auto", resume: bool
         "recipe": asdict(recipe),
         "steps_done": step,
         "stopped_by_time_limit": stopped_early,
+        "resumed_at_steps": resumed_at,
         "train_minutes": round(minutes, 2),
         "steps_per_second": round(rate, 2) if rate else None,
         "final_loss": round(sum(tail) / len(tail), 4) if tail else None,
@@ -309,10 +311,11 @@ def train_demo(recipe: DemoRecipe, out: Path, device: str = "auto", resume: bool
     return record
 
 
-def save_checkpoint(ckpt: Path, model, opt, step: int, log: list) -> None:
+def save_checkpoint(ckpt: Path, model, opt, step: int, log: list, resumed_at: list[int]) -> None:
     """The training state for `--resume`, written atomically (an interrupted save leaves the previous one)."""
     ckpt.mkdir(exist_ok=True)
-    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step}, ckpt / "tmp.pt")
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
+                "resumed_at": resumed_at}, ckpt / "tmp.pt")
     (ckpt / "tmp.pt").replace(ckpt / "state.pt")
     (ckpt / "log.json").write_text(json.dumps(log))
 
@@ -334,7 +337,7 @@ def evaluate_demo(out: Path, samples: int, device: str = "auto") -> dict[str, An
     loaded = load_model(out, device=device)
     record = json.loads((out / "training.json").read_text())
     record["eval_string_match_all"] = evaluation(loaded.model.eval(), loaded.tokenizer, samples)
-    record["eval_samples"] = samples
+    record["eval_samples"] = record["recipe"]["eval_samples"] = samples  # the card's command then evaluates alike
     record["eval_device"] = str(next(loaded.model.parameters()).device)
     (out / "training.json").write_text(json.dumps(record, indent=1) + "\n")
     (out / "README.md").write_text(model_card(record))
@@ -351,6 +354,8 @@ def model_card(record: dict[str, Any]) -> str:
     recipe = DemoRecipe.from_record(r)
     short = ", ".join(map(str, recipe.curriculum_lengths))
     curriculum = f" (the first {r['curriculum_steps']} at lengths {short})" if r["curriculum_steps"] else ""
+    resumed = record.get("resumed_at_steps") or []
+    resumes = f", resumed from its checkpoint at step {', '.join(map(str, resumed))}" if resumed else ""
     rows = {
         "architecture": f"{r['layers']} blocks, d_model {r['hidden_size']}, {r['heads']} heads x {r['head_dim']}, "
                         f"SwiGLU {r['intermediate_size']}, gates `{r['gates']}`",
@@ -362,9 +367,11 @@ def model_card(record: dict[str, Any]) -> str:
                          f"haystacks, lengths {lengths}, seed {record['train_seed']} (evaluation uses "
                          f"{record['eval_seed']})",
         "training": f"{record['steps_done']} steps of {r['batch_tokens']:,} tokens{curriculum}, AdamW lr {r['lr']}, "
-                    f"answer-only loss, {record['train_minutes']} min on {record['device']}",
+                    f"answer-only loss, {record['train_minutes']} min on {record['device']}{resumes}",
         "final loss": f"{record['final_loss']} (mean of the last 50 steps; first step {record['first_loss']})",
     }
+    if record.get("note"):
+        rows["note"] = record["note"]
     table = "\n".join(f"| {key} | {value} |" for key, value in rows.items())
     scores = "\n".join(f"| {cell} | {value:.1f} |" for cell, value in record["eval_string_match_all"].items())
     if scores:
