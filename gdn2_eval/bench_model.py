@@ -84,6 +84,31 @@ def long_prefill(preset: str, tokens: int, kernel: str) -> dict:
 
 
 @torch.no_grad()
+def prefill_ours_vs_fla(preset: str = "gdn2_1.3B", tokens: int = 65536, repeats: int = 3) -> dict:
+    """One model, the same prompt, prefilled with this project's kernels and with fla's: median seconds and ratio."""
+    model = _random_model(preset, torch.bfloat16, "triton")
+    ids = torch.randint(0, 32000, (1, tokens), device="cuda", generator=torch.Generator("cuda").manual_seed(2))
+    seconds, logits = {}, {}
+    for kernel in ("triton", "fla"):
+        model.config.kernel = kernel
+        model(ids, logits_to_keep=1)  # compile and autotune first
+        runs = [_sync_time(lambda: model(ids, logits_to_keep=1).logits.float()) for _ in range(repeats)]
+        seconds[kernel] = sorted(t for _, t in runs)[repeats // 2]
+        logits[kernel] = runs[0][0]
+    diff = (logits["triton"] - logits["fla"]).norm() / logits["fla"].norm()
+    return {
+        "check": "prefill ours vs fla",
+        "preset": preset,
+        "tokens": tokens,
+        "seconds_ours": seconds["triton"],
+        "seconds_fla": seconds["fla"],
+        "fla_over_ours": seconds["fla"] / seconds["triton"],
+        "last_logits_rel_diff": diff.item(),
+        "finite": bool(torch.isfinite(logits["triton"]).all()),
+    }
+
+
+@torch.no_grad()
 def decode_after_prompt(preset: str, prompts: tuple[int, ...], new_tokens: int, kernel: str) -> list[dict]:
     """Prefill, then greedy decoding; peak memory of the decoding phase alone, per prompt length."""
     model = _random_model(preset, torch.bfloat16, kernel)
@@ -132,6 +157,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("results/bench/model.json"))
     parser.add_argument("--kernel", default="fla", help="kernel for the timing runs (fla, triton, torch)")
     parser.add_argument("--skip-agree", action="store_true")
+    parser.add_argument("--ours-vs-fla", action="store_true",
+                        help="only the end-to-end 64K prefill of gdn2_1.3B with our kernels against fla's")
     args = parser.parse_args(argv)
     device = torch.cuda.get_device_name()
     records: list[dict] = []
@@ -143,6 +170,13 @@ def main(argv: list[str] | None = None) -> None:
             print(json.dumps(r), flush=True)
         records.extend(rec)
 
+    def save():
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"device": device, "torch": torch.__version__, "records": records}, indent=1))
+
+    if args.ours_vs_fla:
+        add(prefill_ours_vs_fla())
+        return save()
     if not args.skip_agree:
         for preset in ("swa_gdn2_100M", "gdn2_12h_305M"):
             add(kernel_paths_agree(preset, 8192))
@@ -150,8 +184,7 @@ def main(argv: list[str] | None = None) -> None:
         add(long_prefill(preset, 65536, args.kernel))
     for preset in ("gdn2_1.3B", "swa_gdn2_1.3B"):
         add(decode_after_prompt(preset, (8192, 32768), 128, args.kernel))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"device": device, "torch": torch.__version__, "records": records}, indent=1))
+    save()
 
 
 if __name__ == "__main__":

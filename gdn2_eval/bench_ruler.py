@@ -45,7 +45,8 @@ def timed(fn) -> tuple[float, Any]:
 
 
 def bench(model, tok_dir: Path, *, samples: int, batch_size: int, hf_batch_size: int, long_length: int,
-          hf_budget_s: float, save, grid: dict[str, list[int]] | None = None) -> dict[str, Any]:
+          hf_budget_s: float, save, grid: dict[str, list[int]] | None = None,
+          label: str | None = None) -> dict[str, Any]:
     """The long sample (skipped when `long_length` is 0), then the comparison over `grid` (default: the paper's;
     skipped when `samples` is 0). `save(report)` is called after every step, so a run cut short by a time limit
     keeps what it measured."""
@@ -56,7 +57,7 @@ def bench(model, tok_dir: Path, *, samples: int, batch_size: int, hf_batch_size:
     weight = next(model.parameters())
     report: dict[str, Any] = {
         "device": torch.cuda.get_device_name(weight.device) if weight.is_cuda else "cpu",
-        "model": f"{getattr(model.config, 'preset', None) or 'custom'} (random weights, {weight.dtype})",
+        "model": label or f"{getattr(model.config, 'preset', None) or 'custom'} (random weights, {weight.dtype})",
         "kernel": model.config.kernel, "samples_per_cell": samples, "gdn2_batch_size": batch_size,
         "hf_batch_size": hf_batch_size, "command": " ".join(sys.argv), "cells": {}}
     ours = GDN2LM(pretrained=model, tokenizer=str(tok_dir), batch_size=batch_size)
@@ -159,22 +160,39 @@ def main() -> None:
     ap.add_argument("--hf-batch-size", type=int, default=64, help="rows per batch of the stock hf backend")
     ap.add_argument("--long-length", type=int, default=131072, help="one sample at this length (0: skip)")
     ap.add_argument("--hf-budget-s", type=float, default=400.0, help="stop running hf cells after this many seconds")
-    ap.add_argument("--kernel", default="fla")
+    ap.add_argument("--kernel", help="GDN-2 kernel [default: fla for the preset, the model's own for --model]")
     ap.add_argument("--preset", default="gdn2_1.3B", help="model preset, random weights in bf16")
+    ap.add_argument("--model", help="a trained model instead (HF directory or a demo name), with its tokenizer; "
+                    "scores then mean something")
+    ap.add_argument("--lengths", help="only these lengths of the grid, e.g. 1k,2k")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    from .bpe import train_bpe
-    from .model import GDN2Config, GDN2ForCausalLM
-    from .ruler import ANSWER_PREFIX, NOISE, TEMPLATE, builtin_essay
+    from .ruler import PAPER_GRID, parse_lengths
 
-    tok_dir = Path(tempfile.mkdtemp(prefix="bench-ruler-")) / "tok"
-    train_bpe([builtin_essay().text, TEMPLATE, ANSWER_PREFIX, NOISE] * 4, 8000).save_pretrained(tok_dir)
-    torch.manual_seed(0)
-    model = GDN2ForCausalLM(GDN2Config.from_preset(args.preset, kernel=args.kernel)).to("cuda", torch.bfloat16)
+    lengths = set(parse_lengths(args.lengths)) if args.lengths else None
+    grid = {task: [n for n in ns if lengths is None or n in lengths] for task, ns in PAPER_GRID.items()}
+    if args.model:
+        from .demo import resolve_model
+        from .loading import load_model
+
+        tok_dir = Path(resolve_model(args.model))
+        overrides = {"kernel": args.kernel} if args.kernel else {}
+        model, label = load_model(tok_dir, **overrides).model, f"{args.model} (trained weights)"
+    else:
+        from .bpe import train_bpe
+        from .model import GDN2Config, GDN2ForCausalLM
+        from .ruler import ANSWER_PREFIX, NOISE, TEMPLATE, builtin_essay
+
+        tok_dir = Path(tempfile.mkdtemp(prefix="bench-ruler-")) / "tok"
+        train_bpe([builtin_essay().text, TEMPLATE, ANSWER_PREFIX, NOISE] * 4, 8000).save_pretrained(tok_dir)
+        torch.manual_seed(0)
+        config = GDN2Config.from_preset(args.preset, kernel=args.kernel or "fla")
+        model = GDN2ForCausalLM(config).to("cuda", torch.bfloat16)
+        label = None
     bench(model.eval(), tok_dir, samples=args.samples, batch_size=args.batch_size, hf_batch_size=args.hf_batch_size,
-          long_length=args.long_length, hf_budget_s=args.hf_budget_s,
-          save=lambda report: atomic_write(args.out, json.dumps(report, indent=1) + "\n"))
+          long_length=args.long_length, hf_budget_s=args.hf_budget_s, grid={t: n for t, n in grid.items() if n},
+          label=label, save=lambda report: atomic_write(args.out, json.dumps(report, indent=1) + "\n"))
 
 
 if __name__ == "__main__":

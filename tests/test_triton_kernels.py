@@ -157,6 +157,8 @@ def test_fp16_inputs():
 GATES = {
     "strong_uniform": (-60.0, -40.0),  # decay ~ e^-50 per token: every diagonal block takes the exact path
     "mixed": (-50.0, 0.0),
+    "at_chunk_limit": (-1.85, -1.85),  # span 64 * 1.85 = 118.4 per chunk: the whole-chunk reference near its limit
+    "past_chunk_limit": (-1.9, -1.9),  # span 121.6: just past it, the sub-chunk references
     "at_fast_limit": (-4.9, -4.9),  # span 16 * 4.9 = 78.4 per 16-token sub-chunk: the fast path near its limit
     "past_fast_limit": (-5.1, -5.1),  # span 81.6: just past it, the exact path
     "weak": (-1e-6, 0.0),  # decay ~ 1
@@ -184,6 +186,27 @@ def test_one_huge_decay_among_small_ones():
     ref_o, ref_h = naive_recurrent_gdn2(q, k, v, g, b, w, initial_state=state(1, 2, 16, 16))
     assert rel_err(o, ref_o) < FP32_TOL
     assert rel_err(ht, ref_h) < FP32_TOL
+
+
+def test_key_tiles_on_different_paths():
+    # K = 64 is two key tiles of 32 channels: slow decays in the first (whole-chunk reference), fast ones in the
+    # second (sub-chunk references); both add into the same intra-chunk matrices
+    q, k, v, g, b, w = make(T=150, K=64, V=16, g_range=(-0.1, 0.0))
+    g[..., 32:] = -3.0 - torch.rand(g[..., 32:].shape)
+    h0 = state(1, 2, 64, 16)
+    o, ht = chunk_gdn2_fwd(q, k, v, g, b, w, initial_state=h0, output_final_state=True)
+    ref_o, ref_h = naive_recurrent_gdn2(q, k, v, g, b, w, initial_state=h0)
+    assert rel_err(o, ref_o) < FP32_TOL
+    assert rel_err(ht, ref_h) < FP32_TOL
+
+
+def test_sub_chunk_references_alone(monkeypatch):
+    # with the whole-chunk reference switched off, decays it would take go through the sub-chunk path and agree
+    monkeypatch.setitem(chunk_mod.TUNE, "intra_chunk_ref", 0)
+    ins = make(T=100, K=32, V=32, g_range=(-1.0, 0.0))
+    o, ht = chunk_gdn2_fwd(*ins, output_final_state=True)
+    ref_o, ref_h = naive_recurrent_gdn2(*ins)
+    assert rel_err(o, ref_o) < FP32_TOL and rel_err(ht, ref_h) < FP32_TOL
 
 
 def test_chunk_and_recurrent_agree():

@@ -44,12 +44,15 @@ BT = 64  # chunk size
 # The diagonal sub-chunk blocks take the fast (matmul) path while the largest per-channel decay across any
 # 16-token sub-chunk is at most this: every factor stays within [exp(-FAST_SPAN), exp(FAST_SPAN / 2)], normal fp32.
 _FAST_SPAN = 80.0
+# A 64-token chunk whose largest per-channel decay is at most this takes one product per matrix around the chunk's
+# mid-decay: factors within exp(+-CHUNK_SPAN / 2), far from fp32's range (exp(+-88)).
+_CHUNK_SPAN = 120.0
 
 # Tuning knobs (None = default); the benchmark sets them to compare choices.
 TUNE: dict[str, int | str | None] = {
     "sweep_bv": None, "sweep_warps": None, "sweep_stages": None, "segment_chunks": None,
     "intra_warps": None, "intra_bk": None, "intra_bv": None, "intra_prec": None, "solve_prec": None,
-    "intra_inv": None,
+    "intra_inv": None, "intra_chunk_ref": None,
 }
 # Benchmark-only switch: "intra" or "sweep" launches just that kernel (for timing it alone; results are garbage).
 _ONLY: dict[str, str | None] = {"kernel": None}
@@ -86,7 +89,7 @@ def _intra_kernel(
     H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr,
     IS_VARLEN: tl.constexpr, L2NORM: tl.constexpr, DOT_PREC: tl.constexpr, SOLVE_PREC: tl.constexpr,
-    FAST_SPAN: tl.constexpr, INV: tl.constexpr,
+    FAST_SPAN: tl.constexpr, CHUNK_SPAN: tl.constexpr, INV: tl.constexpr,
 ):
     i_c = tl.program_id(0)
     i_h = tl.program_id(1)
@@ -130,48 +133,58 @@ def _intra_kernel(
         qss += tsum(qt * qt, 1)
         kss += tsum(kt * kt, 1)
         G = tcumsum(gt, 0)
-        B1 = _rowv(G, o_t, 15)
-        B2 = _rowv(G, o_t, 31)
-        B3 = _rowv(G, o_t, 47)
-        B4 = _rowv(G, o_t, 63)
-        Bs = _by_block(blk, tl.zeros_like(B1), B1, B2, B3)  # decay before the row's sub-chunk
-        Be = _by_block(blk, B1, B2, B3, B4)  # ... up to its end
-        Rf = tl.exp(G - Bs)  # <= 1
-        Cf = tl.exp(Be - G)  # <= 1
-        Er = et * Rf
-        Qr = qt * Rf
-        KcT = tl.trans(kt * Cf)
-        # sub-chunk distance 1: the two factors meet at B_i = B_{j+1}
-        Tm += tl.where(dist == 1, tl.dot(Er, KcT, input_precision=DOT_PREC), 0.0)
-        Am += tl.where(dist == 1, tl.dot(Qr, KcT, input_precision=DOT_PREC), 0.0)
-        # distance 2 and 3: bridge exp(B_i - B_{j+1}) on the row side
-        P1 = _by_block(blk, tl.zeros_like(B1), tl.zeros_like(B1), tl.exp(B2 - B1), tl.exp(B3 - B2))
-        Tm += tl.where(dist == 2, tl.dot(Er * P1, KcT, input_precision=DOT_PREC), 0.0)
-        Am += tl.where(dist == 2, tl.dot(Qr * P1, KcT, input_precision=DOT_PREC), 0.0)
-        P2 = tl.where((blk == 3)[:, None], tl.exp(B3 - B1), 0.0)
-        Tm += tl.where(dist == 3, tl.dot(Er * P2, KcT, input_precision=DOT_PREC), 0.0)
-        Am += tl.where(dist == 3, tl.dot(Qr * P2, KcT, input_precision=DOT_PREC), 0.0)
-        # diagonal blocks
-        span = tmax(tmax(Bs - Be, 1), 0)
-        if span <= FAST_SPAN:
-            # midpoint reference: row factor exp(G_r - mid) = Rf * h, column factor exp(mid - G_s) = Cf * h
-            h = tl.exp(0.5 * (Bs - Be))
-            KhT = tl.trans(kt * Cf * h)
-            Tm += tl.where((dist == 0) & lower, tl.dot(Er * h, KhT, input_precision=DOT_PREC), 0.0)
-            Am += tl.where((dist == 0) & causal, tl.dot(Qr * h, KhT, input_precision=DOT_PREC), 0.0)
+        # whole-chunk reference (the chunk's mid-decay) when every factor exp(+-(G - mid)) stays a normal fp32:
+        # one 64x64 product per matrix; entries above the diagonal may overflow and are masked below
+        Gend = tsum(gt, 0)[None, :]
+        if tmax(tmax(-Gend, 1), 0) <= CHUNK_SPAN:
+            mid = 0.5 * Gend
+            Rm = tl.exp(G - mid)
+            KmT = tl.trans(kt * tl.exp(mid - G))
+            Tm += tl.dot(et * Rm, KmT, input_precision=DOT_PREC)
+            Am += tl.dot(qt * Rm, KmT, input_precision=DOT_PREC)
         else:
-            # exact for any gate: column s = 16 j + c of every sub-chunk j at once, exp(G_r - G_s) for r >= s
-            for c in range(16):
-                Gc = _by_block(blk, _rowv(G, o_t, c), _rowv(G, o_t, 16 + c), _rowv(G, o_t, 32 + c),
-                               _rowv(G, o_t, 48 + c))
-                kc = _by_block(blk, _rowv(kt, o_t, c), _rowv(kt, o_t, 16 + c), _rowv(kt, o_t, 32 + c),
-                               _rowv(kt, o_t, 48 + c))
-                D = tl.exp(tl.where((loc >= c)[:, None], G - Gc, float("-inf"))) * kc
-                tcol = tsum(et * D, 1)
-                acol = tsum(qt * D, 1)
-                sel = (dist == 0) & ((loc == c)[None, :])
-                Tm += tl.where(sel & lower, tcol[:, None], 0.0)
-                Am += tl.where(sel & causal, acol[:, None], 0.0)
+            B1 = _rowv(G, o_t, 15)
+            B2 = _rowv(G, o_t, 31)
+            B3 = _rowv(G, o_t, 47)
+            B4 = _rowv(G, o_t, 63)
+            Bs = _by_block(blk, tl.zeros_like(B1), B1, B2, B3)  # decay before the row's sub-chunk
+            Be = _by_block(blk, B1, B2, B3, B4)  # ... up to its end
+            Rf = tl.exp(G - Bs)  # <= 1
+            Cf = tl.exp(Be - G)  # <= 1
+            Er = et * Rf
+            Qr = qt * Rf
+            KcT = tl.trans(kt * Cf)
+            # sub-chunk distance 1: the two factors meet at B_i = B_{j+1}
+            Tm += tl.where(dist == 1, tl.dot(Er, KcT, input_precision=DOT_PREC), 0.0)
+            Am += tl.where(dist == 1, tl.dot(Qr, KcT, input_precision=DOT_PREC), 0.0)
+            # distance 2 and 3: bridge exp(B_i - B_{j+1}) on the row side
+            P1 = _by_block(blk, tl.zeros_like(B1), tl.zeros_like(B1), tl.exp(B2 - B1), tl.exp(B3 - B2))
+            Tm += tl.where(dist == 2, tl.dot(Er * P1, KcT, input_precision=DOT_PREC), 0.0)
+            Am += tl.where(dist == 2, tl.dot(Qr * P1, KcT, input_precision=DOT_PREC), 0.0)
+            P2 = tl.where((blk == 3)[:, None], tl.exp(B3 - B1), 0.0)
+            Tm += tl.where(dist == 3, tl.dot(Er * P2, KcT, input_precision=DOT_PREC), 0.0)
+            Am += tl.where(dist == 3, tl.dot(Qr * P2, KcT, input_precision=DOT_PREC), 0.0)
+            # diagonal blocks
+            span = tmax(tmax(Bs - Be, 1), 0)
+            if span <= FAST_SPAN:
+                # midpoint reference: row factor exp(G_r - mid) = Rf * h, column factor exp(mid - G_s) = Cf * h
+                h = tl.exp(0.5 * (Bs - Be))
+                KhT = tl.trans(kt * Cf * h)
+                Tm += tl.where((dist == 0) & lower, tl.dot(Er * h, KhT, input_precision=DOT_PREC), 0.0)
+                Am += tl.where((dist == 0) & causal, tl.dot(Qr * h, KhT, input_precision=DOT_PREC), 0.0)
+            else:
+                # exact for any gate: column s = 16 j + c of every sub-chunk j at once, exp(G_r - G_s) for r >= s
+                for c in range(16):
+                    Gc = _by_block(blk, _rowv(G, o_t, c), _rowv(G, o_t, 16 + c), _rowv(G, o_t, 32 + c),
+                                   _rowv(G, o_t, 48 + c))
+                    kc = _by_block(blk, _rowv(kt, o_t, c), _rowv(kt, o_t, 16 + c), _rowv(kt, o_t, 32 + c),
+                                   _rowv(kt, o_t, 48 + c))
+                    D = tl.exp(tl.where((loc >= c)[:, None], G - Gc, float("-inf"))) * kc
+                    tcol = tsum(et * D, 1)
+                    acol = tsum(qt * D, 1)
+                    sel = (dist == 0) & ((loc == c)[None, :])
+                    Tm += tl.where(sel & lower, tcol[:, None], 0.0)
+                    Am += tl.where(sel & causal, acol[:, None], 0.0)
 
     if L2NORM:
         rk = tl.rsqrt(kss + 1e-6)
@@ -313,6 +326,29 @@ def _precision(dtype: torch.dtype) -> tuple[torch.dtype, str, str]:
     return idt, str(TUNE["intra_prec"] or "tf32"), str(TUNE["solve_prec"] or "tf32")
 
 
+def intra_launch_meta(H: int, HV: int, K: int, V: int, varlen: bool, l2norm: bool, prec: str,
+                      solve_prec: str) -> dict:
+    """Compile-time arguments and launch options of `_intra_kernel` under the current `TUNE` (also read by
+    `gdn2_eval.kernel_resources`, which compiles the same variants without a GPU)."""
+    return dict(
+        H=H, HV=HV, K=K, V=V, BK=min(K, int(TUNE["intra_bk"] or 32)), BV=min(V, int(TUNE["intra_bv"] or 64)),
+        IS_VARLEN=varlen, L2NORM=l2norm, DOT_PREC=prec, SOLVE_PREC=solve_prec,
+        FAST_SPAN=_FAST_SPAN, CHUNK_SPAN=_CHUNK_SPAN if TUNE["intra_chunk_ref"] is None else -1.0,
+        INV=1 if TUNE["intra_inv"] is None else int(TUNE["intra_inv"]),
+        # 8 warps: at 4 the kernel spills about 1.3 KB per thread on sm_90 (`python -m gdn2_eval.kernel_resources`)
+        num_warps=int(TUNE["intra_warps"] or 8),
+    )
+
+
+def sweep_launch_meta(H: int, HV: int, K: int, V: int, BV: int, varlen: bool, prec: str, upcast: bool) -> dict:
+    """Compile-time arguments and launch options of `_sweep_kernel` (but USE_H0 / STORE_HT) under `TUNE`."""
+    return dict(
+        H=H, HV=HV, K=K, V=V, BV=BV, IS_VARLEN=varlen, DOT_PREC=prec,
+        NUM_STAGES=int(TUNE["sweep_stages"] or (3 if BV <= 32 else 2)), UPCAST=upcast,
+        num_warps=int(TUNE["sweep_warps"] or 8),
+    )
+
+
 def chunk_gdn2_fwd(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -368,17 +404,16 @@ def chunk_gdn2_fwd(
     BV = _sweep_bv(N, HV, V, dev)
     interp = _interpreting()
 
+    intra_meta = intra_launch_meta(H, HV, K, V, varlen, bool(use_qk_l2norm), prec, solve_prec)
+    sweep_meta = sweep_launch_meta(H, HV, K, V, BV, varlen, prec, interp)
+
     def intra(c_begin: int, n_seg: int) -> None:
         grid = (n_chunks if varlen else B * n_seg, H)
         if grid[0] == 0 or _ONLY["kernel"] == "sweep":
             return
         _intra_kernel[grid](
             x.q, x.k, x.v, x.g, x.b, x.w, YQ, KT, UO, GC, x.cu_seqlens, chunk_indices, x.scale, T,
-            c_begin, n_seg,
-            H=H, HV=HV, K=K, V=V, BK=min(K, int(TUNE["intra_bk"] or 32)), BV=min(V, int(TUNE["intra_bv"] or 64)),
-            IS_VARLEN=varlen, L2NORM=bool(use_qk_l2norm), DOT_PREC=prec, SOLVE_PREC=solve_prec,
-            FAST_SPAN=_FAST_SPAN, INV=1 if TUNE["intra_inv"] is None else int(TUNE["intra_inv"]),
-            num_warps=int(TUNE["intra_warps"] or 8),
+            c_begin, n_seg, **intra_meta,
         )
 
     def sweep(c_begin: int, c_end: int, h0: torch.Tensor | None, h1: torch.Tensor | None) -> None:
@@ -386,10 +421,7 @@ def chunk_gdn2_fwd(
             return
         _sweep_kernel[(triton.cdiv(V, BV), N * HV)](
             YQ, KT, UO, GC, o, h0, h1, x.cu_seqlens, T, c_begin, c_end,
-            H=H, HV=HV, K=K, V=V, BV=BV,
-            IS_VARLEN=varlen, USE_H0=h0 is not None, STORE_HT=h1 is not None,
-            DOT_PREC=prec, NUM_STAGES=int(TUNE["sweep_stages"] or (3 if BV <= 32 else 2)), UPCAST=interp,
-            num_warps=int(TUNE["sweep_warps"] or 8),
+            USE_H0=h0 is not None, STORE_HT=h1 is not None, **sweep_meta,
         )
 
     seg = None if varlen else _segment_chunks(B, T, N * HV * triton.cdiv(V, BV), dev)
