@@ -386,8 +386,9 @@ def _footer(table: Table, marker=lambda letter: _SUP[letter]) -> list[str]:
     letters = _letters(table)
     lines = ["Bold: best per family and column; underlined: second best (↓: lower is better)."]
     if any(r.source == "run" for r in table.rows):
-        lines.append("† evaluated here with gdn2-eval (" + "; ".join(_run_names(table)) + "); "
-                     "other rows are the paper's reported numbers.")
+        reported = any(r.source == "reported" for r in table.rows)
+        lines.append("† evaluated here with gdn2-eval (" + "; ".join(_run_names(table)) + ")"
+                     + ("; other rows are the paper's reported numbers." if reported else "."))
     for kind, letter in letters.items():
         details = "; ".join(f"{model}: {', '.join(cells)}" for model, cells in table.notes[kind].items())
         lines.append(f"{marker(letter)} {_NOTE_TEXT[kind]} ({details}).")

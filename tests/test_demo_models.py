@@ -57,3 +57,23 @@ def test_the_three_demos_share_tokenizer_recipe_and_state_size():
     assert len({r["state_floats_per_layer"] for r in records.values()}) == 1
     tokenizers = {(demo_dir(name) / "tokenizer.json").read_text() for name in DEMOS}
     assert len(tokenizers) == 1
+
+
+def test_the_readme_comparison_is_the_committed_demo_runs():
+    # README "Demo models": each table row is results/demo/NAME's summary, value for value
+    from pathlib import Path
+
+    from gdn2_eval import results
+
+    root = Path(__file__).resolve().parents[1]
+    df = results.load(root / "results" / "demo", baselines="none")
+    readme = (root / "README.md").read_text()
+    order = [("niah_single_1", n) for n in (1024, 2048, 4096)] + [("niah_single_2", n) for n in (1024, 2048, 4096)] \
+        + [("niah_single_3", n) for n in (1024, 2048, 4096)] + [("niah_multikey_1", n) for n in (1024, 2048, 4096)]
+    for name in DEMOS:
+        run = df[df["model"] == name].set_index(["task", "context_length"])["value"]
+        assert len(run) == len(order)
+        row = next(line for line in readme.splitlines() if line.startswith(f"| `{name}` ("))
+        cells = [float(c) for c in row.strip("|").split("|")[1:]]
+        assert cells == [round(float(run[key]), 1) for key in order]
+    assert (root / "results" / "demo" / "niah_length.png").stat().st_size > 10_000

@@ -234,7 +234,11 @@ def test_table_command_formats_and_files(tmp_path):
     assert out.read_text().splitlines() == ["family,model,SWDE,SQuAD,FDA,TQA,NQ,Drop,Avg.,source",
                                             "hybrid,my-gdn2,45.00,,,,,,,run"]
     # a folder of run directories is searched
-    assert "my-gdn2" in cli("table", tmp_path, "-t", "4").stdout
+    with_paper = cli("table", tmp_path, "-t", "4").stdout
+    assert "my-gdn2" in with_paper and "other rows are the paper's reported numbers" in with_paper
+    # without the paper's rows the footer does not speak of them
+    alone = cli("table", run, "-t", "4", "--baselines", "none").stdout
+    assert "† evaluated here with gdn2-eval" in alone and "paper's reported numbers" not in alone
 
 
 def test_paper_command_reproduces_the_tables_and_writes_figures(tmp_path, paper_df):
