@@ -383,6 +383,7 @@ TUNE_VARIANTS: tuple[dict, ...] = (
     {"intra_bv": 32},
     {"intra_bk": 16},
     {"intra_bk": 16, "intra_bv": 32},  # the one intra setting that spills nothing on sm_90 (kernels_notes.md)
+    {"intra_bk": 16, "intra_bv": 32, "intra_maxnreg": 128},  # two programs per SM, at the price of spills
 )
 
 # The intra-kernel settings `--pick` chooses among before the benchmark.

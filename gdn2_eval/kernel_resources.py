@@ -40,7 +40,7 @@ def compile_report(fn, pointers: dict[str, str], scalars: dict[str, str], meta: 
     """Compile `fn` for sm_`arch` with the compile-time arguments and launch options in `meta`; return its
     registers per thread, stack bytes per thread (spills), shared memory, spill stores and matrix instructions."""
     meta = dict(meta)
-    options = {key: meta.pop(key) for key in ("num_warps", "num_stages") if key in meta}
+    options = {key: meta.pop(key) for key in ("num_warps", "num_stages", "maxnreg") if key in meta}
     signature = {name: pointers.get(name) or scalars.get(name) or "constexpr" for name in fn.arg_names}
     missing = [n for n, t in signature.items() if t == "constexpr" and n not in meta]
     if missing:

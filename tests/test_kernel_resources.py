@@ -16,11 +16,14 @@ pytest.importorskip("triton")
 def test_default_intra_launch_spills_less_than_four_warps(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # compiled, not interpreted
     out = tmp_path / "res.json"
-    res = subprocess.run([sys.executable, "-m", "gdn2_eval.kernel_resources", "--variants",
-                          '[{}, {"intra_warps": 4}]', "--out", str(out)], env=env, capture_output=True, text=True)
+    variants = '[{}, {"intra_warps": 4}, {"intra_maxnreg": 128}]'
+    res = subprocess.run([sys.executable, "-m", "gdn2_eval.kernel_resources", "--variants", variants,
+                          "--out", str(out)], env=env, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
     rows = json.loads(out.read_text())["rows"]
-    intra = {row["num_warps"]: row for row in rows if row["kernel"] == "intra"}
+    capped = [row for row in rows if row["kernel"] == "intra" and row["variant"] == {"intra_maxnreg": 128}]
+    assert len(capped) == 1 and capped[0]["registers"] <= 128  # the cap reaches the compiler
+    intra = {row["num_warps"]: row for row in rows if row["kernel"] == "intra" and row not in capped}
     assert set(intra) == {8, 4}  # the default launch is 8 warps
     assert all(0 < row["registers"] <= 255 and row["matrix_instructions"] > 0 for row in rows)
     assert intra[8]["stack_bytes"] < intra[4]["stack_bytes"]

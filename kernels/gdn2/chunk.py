@@ -52,7 +52,7 @@ _CHUNK_SPAN = 120.0
 TUNE: dict[str, int | str | None] = {
     "sweep_bv": None, "sweep_warps": None, "sweep_stages": None, "segment_chunks": None,
     "intra_warps": None, "intra_bk": None, "intra_bv": None, "intra_prec": None, "solve_prec": None,
-    "intra_inv": None, "intra_chunk_ref": None,
+    "intra_inv": None, "intra_chunk_ref": None, "intra_maxnreg": None,
 }
 # Benchmark-only switch: "intra" or "sweep" launches just that kernel (for timing it alone; results are garbage).
 _ONLY: dict[str, str | None] = {"kernel": None}
@@ -337,6 +337,8 @@ def intra_launch_meta(H: int, HV: int, K: int, V: int, varlen: bool, l2norm: boo
         INV=1 if TUNE["intra_inv"] is None else int(TUNE["intra_inv"]),
         # 8 warps: at 4 the kernel spills about 1.3 KB per thread on sm_90 (`python -m gdn2_eval.kernel_resources`)
         num_warps=int(TUNE["intra_warps"] or 8),
+        # a register cap (Triton's maxnreg) trades spills for a second program per SM
+        **({"maxnreg": int(TUNE["intra_maxnreg"])} if TUNE["intra_maxnreg"] else {}),
     )
 
 
