@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from pathlib import Path
 
@@ -24,6 +25,18 @@ def _sync_time(fn):
     return out, time.perf_counter() - t0
 
 
+def _logits_and_seconds(model, ids, kernels, warmup_ids, repeats: int = 1, **kwargs) -> dict:
+    """For each kernel in turn: {kernel: (the model's logits on `ids`, median seconds of `repeats` runs)}, after a
+    warm-up on `warmup_ids` (Triton compiles and autotunes on first use)."""
+    out = {}
+    for kernel in kernels:
+        model.config.kernel = kernel
+        model(warmup_ids, **kwargs)
+        runs = [_sync_time(lambda: model(ids, **kwargs).logits.float()) for _ in range(repeats)]
+        out[kernel] = (runs[0][0], statistics.median(t for _, t in runs))
+    return out
+
+
 def _random_model(preset: str, dtype: torch.dtype, kernel: str) -> GDN2ForCausalLM:
     torch.manual_seed(0)
     with torch.device("cuda"):
@@ -38,12 +51,7 @@ def kernel_paths_agree(preset: str, tokens: int) -> dict:
     ids = torch.randint(0, 32000, (1, tokens), device="cuda", generator=torch.Generator("cuda").manual_seed(1))
     ref = model(ids).logits.float()
     model = model.to(torch.bfloat16)
-    out = {}
-    for kernel in ("torch", "fla"):
-        model.config.kernel = kernel
-        model(ids[:, :256])  # compile the kernels first: timings exclude Triton's autotuning
-        logits, seconds = _sync_time(lambda: model(ids).logits.float())
-        out[kernel] = (logits, seconds)
+    out = _logits_and_seconds(model, ids, ("torch", "fla"), ids[:, :256])
     rel = lambda a, b: ((a - b).norm() / b.norm()).item()  # noqa: E731
     fla, tor = out["fla"][0], out["torch"][0]
     top1 = (fla.argmax(-1) == tor.argmax(-1)).float().mean().item()
@@ -88,13 +96,8 @@ def prefill_ours_vs_fla(preset: str = "gdn2_1.3B", tokens: int = 65536, repeats:
     """One model, the same prompt, prefilled with this project's kernels and with fla's: median seconds and ratio."""
     model = _random_model(preset, torch.bfloat16, "triton")
     ids = torch.randint(0, 32000, (1, tokens), device="cuda", generator=torch.Generator("cuda").manual_seed(2))
-    seconds, logits = {}, {}
-    for kernel in ("triton", "fla"):
-        model.config.kernel = kernel
-        model(ids, logits_to_keep=1)  # compile and autotune first
-        runs = [_sync_time(lambda: model(ids, logits_to_keep=1).logits.float()) for _ in range(repeats)]
-        seconds[kernel] = sorted(t for _, t in runs)[repeats // 2]
-        logits[kernel] = runs[0][0]
+    out = _logits_and_seconds(model, ids, ("triton", "fla"), ids, repeats, logits_to_keep=1)
+    logits, seconds = ({kernel: r[i] for kernel, r in out.items()} for i in (0, 1))
     diff = (logits["triton"] - logits["fla"]).norm() / logits["fla"].norm()
     return {
         "check": "prefill ours vs fla",

@@ -75,6 +75,7 @@ def kernel_reports(variant: dict, H: int = HEADS, K: int = HEAD_K, V: int = HEAD
              "cu_seqlens": "*i32", "chunk_indices": "*i32"},
             {"scale": "fp32", "T": "i32", "c_begin": "i32", "n_seg": "i32"},
             ch.intra_launch_meta(H, H, K, V, False, True, "tf32", "tf32"), arch)
+        # the launch picks BV from the device's SM count (`chunk._sweep_bv`): 32 at 8 x 4K on an H100, 16 at 1 x 64K
         bv = min(V, int(ch.TUNE["sweep_bv"] or 32))
         sweep = compile_report(
             ch._sweep_kernel,

@@ -68,8 +68,8 @@ def test_the_readme_comparison_is_the_committed_demo_runs():
     root = Path(__file__).resolve().parents[1]
     df = results.load(root / "results" / "demo", baselines="none")
     readme = (root / "README.md").read_text()
-    order = [("niah_single_1", n) for n in (1024, 2048, 4096)] + [("niah_single_2", n) for n in (1024, 2048, 4096)] \
-        + [("niah_single_3", n) for n in (1024, 2048, 4096)] + [("niah_multikey_1", n) for n in (1024, 2048, 4096)]
+    order = [(task, n) for task in ("niah_single_1", "niah_single_2", "niah_single_3", "niah_multikey_1")
+             for n in (1024, 2048, 4096)]
     for name in DEMOS:
         run = df[df["model"] == name].set_index(["task", "context_length"])["value"]
         assert len(run) == len(order)
