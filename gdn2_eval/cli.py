@@ -151,6 +151,11 @@ def run(
         str | None, typer.Option(help="GDN-2 Table 5 ablation: scalar_erase or scalar_write.")
     ] = None,
     kernel: Annotated[str | None, typer.Option(help="GDN-2 kernel: auto, triton, fla, torch.")] = None,
+    impl: Annotated[
+        str,
+        typer.Option(help="How a GDN-2 model runs: inference (packed weights, fused kernels), reference (the "
+                     "readable model), auto (inference on CUDA, reference elsewhere)."),
+    ] = "auto",
     lengths: Annotated[
         str | None, typer.Option(help="RULER context lengths, e.g. 1k,2k,4k [default: the suite's grid, else 4k].")
     ] = None,
@@ -179,6 +184,7 @@ def run(
     main_rank = is_main_process()
 
     from .demo import resolve_model
+    from .loading import check_impl
     from .ruler import parse_lengths
     from .runner import RunSpec
     from .runner import run as run_spec
@@ -200,6 +206,7 @@ def run(
         "prefill_tokens": prefill_tokens,
         "gate_ablation": gate_ablation,
         "kernel": kernel,
+        "impl": check_impl(impl),
     }
     spec = RunSpec(
         model=resolve_model(model),

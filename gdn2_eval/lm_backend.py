@@ -36,7 +36,7 @@ from .distributed import balanced_call, make_accelerator, single_process
 from .errors import UserError
 from .generation import greedy_generate, pad_batch, prefill
 from .loading import load_model, load_tokenizer
-from .model import GDN2ForCausalLM
+from .model import GDN2Config
 
 PPL_PROTOCOLS = ("rolling", "carry")
 # Recurrent models have no context limit; lm-eval still asks for one (generation budget arithmetic).
@@ -79,6 +79,7 @@ class GDN2LM(HFLM):
         share_prefix: bool | str = "auto",
         gate_ablation: str | None = None,
         kernel: str | None = None,
+        impl: str = "auto",
         max_length: int | None = None,
         **kwargs: Any,
     ) -> None:
@@ -91,16 +92,18 @@ class GDN2LM(HFLM):
             if isinstance(tok, (str, Path)):
                 tok = load_tokenizer(tok)
             for key, value in overrides.items():
-                if not isinstance(model, GDN2ForCausalLM):
+                if not isinstance(model.config, GDN2Config):
                     raise UserError(f"GDN-2 option {key} does not apply to a {type(model).__name__}")
                 setattr(model.config, key, value)
         else:
-            model, tok = load_model(pretrained, arch=arch, tokenizer=tokenizer, dtype=dtype, device=device, **overrides)
+            model, tok = load_model(pretrained, arch=arch, tokenizer=tokenizer, dtype=dtype, device=device, impl=impl,
+                                    **overrides)
         if tok is None:
             raise UserError(f"no tokenizer for {pretrained}: pass tokenizer=DIR (checkpoint files hold none)")
         if ppl_protocol not in PPL_PROTOCOLS:
             raise UserError(f"unknown ppl_protocol {ppl_protocol!r}; choose {', '.join(PPL_PROTOCOLS)}")
-        self.recurrent = isinstance(model, GDN2ForCausalLM)
+        # the recurrent-aware path needs a cache of fixed size per row (`new_cache`), whichever class brings it
+        self.recurrent = callable(getattr(model, "new_cache", None))
         if batch_size == "auto":  # batches are bounded by tokens per forward (chunk_tokens), not by probing memory
             batch_size = max_batch_size
         super().__init__(
@@ -144,6 +147,7 @@ class GDN2LM(HFLM):
             "chunk_tokens": self.chunk_tokens,
             "prefill_tokens": self.prefill_tokens,
             "share_prefix": self.share_prefix,
+            "impl": "inference" if type(self.model).__name__ == "GDN2InferenceForCausalLM" else "reference",
         }
 
     def _check_fits(self, lengths: list[int], what: str) -> None:

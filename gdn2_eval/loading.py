@@ -100,6 +100,7 @@ def load_model(
     tokenizer: str | Path | None = None,
     dtype: str | torch.dtype | None = "auto",
     device: str | torch.device | None = "auto",
+    impl: str = "auto",
     **config_overrides,
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer.
@@ -109,8 +110,10 @@ def load_model(
     * `path` an authors' checkpoint file (`.pth`): `arch` is a preset name or a JSON file of the authors' config
       fields; the keys are checked and mapped (see `gdn2_eval.checkpoint`).
     `tokenizer` defaults to `path` for directories. `config_overrides` set GDN-2 config fields (e.g.
-    ``gate_ablation="scalar_erase"``, ``kernel="torch"``).
+    ``gate_ablation="scalar_erase"``, ``kernel="torch"``). `impl` chooses how a GDN-2 model runs (`resolve_impl`):
+    the reference model, or the inference model built from it (packed weights, fused kernels).
     """
+    impl_choice = check_impl(impl)
     path = Path(resolve_model(path))
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
@@ -125,7 +128,30 @@ def load_model(
     else:
         raise UserError(f"model path {path} is neither a checkpoint file nor a directory")
     model = model.to(dev).eval()
+    if isinstance(model, GDN2ForCausalLM) and resolve_impl(impl_choice, dev) == "inference":
+        from .inference import GDN2InferenceForCausalLM
+
+        model = GDN2InferenceForCausalLM.from_reference(model)
     return LoadedModel(model, load_tokenizer(tok_source) if tok_source is not None else None)
+
+
+IMPLS = ("auto", "reference", "inference")
+
+
+def check_impl(impl: str | None) -> str:
+    choice = (impl or "auto").lower()
+    if choice not in IMPLS:
+        raise UserError(f"unknown impl {impl!r}; choose one of {', '.join(IMPLS)}")
+    return choice
+
+
+def resolve_impl(impl: str | None, device: torch.device | str) -> str:
+    """`auto`: the inference model on CUDA (fused Triton kernels), the reference model elsewhere (the fused kernels
+    would run there only through their PyTorch references, which is the reference model's work done slower)."""
+    choice = check_impl(impl)
+    if choice == "auto":
+        return "inference" if torch.device(device).type == "cuda" else "reference"
+    return choice
 
 
 def _has_tokenizer(path: Path) -> bool:

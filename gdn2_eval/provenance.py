@@ -104,6 +104,8 @@ def describe_model(model: torch.nn.Module, path: str) -> dict[str, Any]:
             layout=s.layout,
             non_embedding_parameters=s.non_embedding_params,
             kernel=s.kernel,
+            # reference: the readable model; inference: packed weights and fused kernels (`gdn2_eval.inference`)
+            impl="inference" if type(model).__name__ == "GDN2InferenceForCausalLM" else "reference",
             state_bytes_per_sequence=s.state_bytes_per_sequence(first.element_size()),
             gate_ablation=config.gate_ablation,
             gates=config.gates,

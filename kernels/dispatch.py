@@ -32,6 +32,12 @@ RECURRENT_MAX_T = 16
 TRITON_PREFERRED = False
 
 
+def triton_runs_on(device: torch.device | str) -> bool:
+    """Whether Triton kernels can launch for tensors on `device`: on CUDA, or anywhere under Triton's interpreter
+    (how the CPU tests run them)."""
+    return torch.device(device).type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
+
+
 def _cuda_preference() -> tuple[str, ...]:
     """Preference order for `auto` on CUDA."""
     return ("triton", "fla", "torch") if TRITON_PREFERRED else ("fla", "triton", "torch")
@@ -72,19 +78,23 @@ def resolve_backend(requested: str | None, device: torch.device | str) -> str:
 
 
 def _fla_ops() -> tuple[Callable, Callable]:
-    from fla.ops.gdn2 import chunk_gdn2, fused_recurrent_gdn2
+    from fla.ops.gdn2 import chunk_gdn2
+    from fla.ops.gdn2.fused_recurrent import fused_recurrent_gdn2_fwd
 
-    def adapt(fla_fn: Callable) -> Callable:
-        """fla's signature (keyword arguments, `use_qk_l2norm_in_kernel`) behind the dispatch's positional one."""
-
-        def call(q, k, v, g, b, w, scale, initial_state, output_final_state, cu_seqlens, use_qk_l2norm):
-            return fla_fn(q, k, v, g, b, w, scale=scale, initial_state=initial_state,
+    def chunk(q, k, v, g, b, w, scale, initial_state, output_final_state, cu_seqlens, use_qk_l2norm):
+        return chunk_gdn2(q, k, v, g, b, w, scale=scale, initial_state=initial_state,
                           output_final_state=output_final_state, use_qk_l2norm_in_kernel=use_qk_l2norm,
                           cu_seqlens=cu_seqlens)
 
-        return call
+    def recurrent(q, k, v, g, b, w, scale, initial_state, output_final_state, cu_seqlens, use_qk_l2norm,
+                  inplace_final_state=False):
+        # the forward entry point, which can write the final state in place (the public wrapper cannot)
+        return fused_recurrent_gdn2_fwd(q, k, v, g, b, w, initial_state=initial_state, scale=scale,
+                                        output_final_state=output_final_state or inplace_final_state,
+                                        inplace_final_state=inplace_final_state, cu_seqlens=cu_seqlens,
+                                        use_qk_l2norm_in_kernel=use_qk_l2norm)
 
-    return adapt(chunk_gdn2), adapt(fused_recurrent_gdn2)
+    return chunk, recurrent
 
 
 def _triton_ops() -> tuple[Callable, Callable]:
@@ -116,19 +126,27 @@ def gdn2_recurrence(
     output_final_state: bool = False,
     cu_seqlens: torch.Tensor | None = None,
     use_qk_l2norm: bool = True,
+    inplace_final_state: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Run the GDN-2 recurrence with a resolved `backend` (see `resolve_backend`).
 
     q, k, g, b: [B, T, H, K]; v, w: [B, T, H, V]; g is the float32 log-decay; state [N, H, K, V] float32.
-    Returns (o [B, T, H, V] in v's dtype, final state or None).
+    Returns (o [B, T, H, V] in v's dtype, final state or None). With `inplace_final_state` the final state is
+    written into `initial_state` (contiguous) and returned: a decode step then keeps its state's address, which is
+    what a captured CUDA graph replays over.
     """
     chunk, recurrent = _ops(backend)
+    if inplace_final_state and (initial_state is None or not initial_state.is_contiguous()):
+        raise ValueError("inplace_final_state needs a contiguous initial_state")
     if cu_seqlens is None:
         longest = q.shape[1]
     else:
         longest = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+    if inplace_final_state and longest <= RECURRENT_MAX_T and backend != "torch":
+        return recurrent(q, k, v, g, b, w, scale=scale, initial_state=initial_state, output_final_state=True,
+                         cu_seqlens=cu_seqlens, use_qk_l2norm=use_qk_l2norm, inplace_final_state=True)
     fn = recurrent if longest <= RECURRENT_MAX_T else chunk
-    return fn(
+    o, state = fn(
         q,
         k,
         v,
@@ -137,7 +155,11 @@ def gdn2_recurrence(
         w,
         scale=scale,
         initial_state=initial_state,
-        output_final_state=output_final_state,
+        output_final_state=output_final_state or inplace_final_state,
         cu_seqlens=cu_seqlens,
         use_qk_l2norm=use_qk_l2norm,
     )
+    if inplace_final_state:
+        initial_state.copy_(state)
+        state = initial_state
+    return o, state

@@ -50,7 +50,10 @@ def tiny_config(kind: str = "hybrid", **overrides) -> GDN2Config:
     return GDN2Config.from_authors(dict(fields), **{"kernel": "torch", **overrides})
 
 
-def tiny_model(kind: str = "hybrid", seed: int = 0, **overrides) -> GDN2ForCausalLM:
+IMPLS = ("reference", "inference")  # the readable model, and the packed and fused one built from it
+
+
+def tiny_model(kind: str = "hybrid", seed: int = 0, impl: str = "reference", **overrides) -> GDN2ForCausalLM:
     torch.manual_seed(seed)
     model = GDN2ForCausalLM(tiny_config(kind, **overrides)).eval()
     # Random gates far from their init so that every gate and decay matters in comparisons.
@@ -58,6 +61,10 @@ def tiny_model(kind: str = "hybrid", seed: int = 0, **overrides) -> GDN2ForCausa
         for name, p in model.named_parameters():
             if name.endswith(("A_log", "dt_bias")):
                 p.copy_(torch.randn_like(p) * 0.5)
+    if impl == "inference":
+        from gdn2_eval.inference import GDN2InferenceForCausalLM
+
+        return GDN2InferenceForCausalLM.from_reference(model)
     return model
 
 

@@ -9,7 +9,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from gdn2_eval import GDN2Config, GDN2ForCausalLM
 from gdn2_eval.model import swa as swa_module
 
-from conftest import tiny_config, tiny_model
+from conftest import IMPLS, tiny_config, tiny_model
 
 
 @pytest.mark.parametrize("preset, expected", [("gdn2_1.3B", 1_302_638_112), ("swa_gdn2_1.3B", 1_300_314_384)])
@@ -37,10 +37,11 @@ def padded(ids: torch.Tensor, lengths: list[int], side: str) -> tuple[torch.Tens
     return x, mask
 
 
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("kind", ["hybrid", "recurrent"])
 @pytest.mark.parametrize("side", ["left", "right"])
-def test_padded_batches_equal_unbatched_runs(kind, side):
-    model = tiny_model(kind, gdn2_num_v_heads=None)
+def test_padded_batches_equal_unbatched_runs(kind, side, impl):
+    model = tiny_model(kind, gdn2_num_v_heads=None, impl=impl)
     ids = torch.randint(4, 250, (3, 90))
     lengths = [90, 71, 5]
     x, mask = padded(ids, lengths, side)
@@ -59,13 +60,16 @@ def test_padded_batches_equal_unbatched_runs(kind, side):
 def test_grouped_value_heads_run_and_differ_from_plain():
     model = tiny_model("recurrent", gdn2_num_v_heads=8)
     assert model.model.layers[0].attn.v_proj.out_features == 8 * 16
+    plain = tiny_model("recurrent")
+    assert not torch.allclose(model(torch.arange(70)[None]).logits, plain(torch.arange(70)[None]).logits)
     out = model(torch.randint(0, 256, (2, 70))).logits
     assert torch.isfinite(out).all()
 
 
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("kind", ["hybrid", "recurrent"])
-def test_incremental_decoding_equals_full_forward(kind):
-    model = tiny_model(kind)
+def test_incremental_decoding_equals_full_forward(kind, impl):
+    model = tiny_model(kind, impl=impl)
     ids = torch.randint(4, 250, (2, 120))
     with torch.no_grad():
         full = model(ids).logits
@@ -78,9 +82,10 @@ def test_incremental_decoding_equals_full_forward(kind):
     torch.testing.assert_close(torch.cat(pieces, 1), full, atol=3e-5, rtol=3e-5)
 
 
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("kind", ["hybrid", "recurrent"])
-def test_generate_with_cache_equals_recomputing_20_greedy_tokens(kind):
-    model = tiny_model(kind)
+def test_generate_with_cache_equals_recomputing_20_greedy_tokens(kind, impl):
+    model = tiny_model(kind, impl=impl)
     prompt = torch.randint(4, 250, (1, 30))
     with torch.no_grad():
         generated = model.generate(prompt, max_new_tokens=20, do_sample=False, eos_token_id=None, pad_token_id=0)
@@ -91,8 +96,9 @@ def test_generate_with_cache_equals_recomputing_20_greedy_tokens(kind):
     assert torch.equal(generated, seq)
 
 
-def test_left_padded_batched_generation_equals_single_generation():
-    model = tiny_model("hybrid")
+@pytest.mark.parametrize("impl", IMPLS)
+def test_left_padded_batched_generation_equals_single_generation(impl):
+    model = tiny_model("hybrid", impl=impl)
     ids = torch.randint(4, 250, (3, 40))
     lengths = [40, 23, 9]
     x, mask = padded(ids, lengths, "left")
@@ -107,8 +113,9 @@ def test_left_padded_batched_generation_equals_single_generation():
             assert torch.equal(batched[i, 40:], alone[0, n:]), f"row {i}"
 
 
-def test_cache_memory_does_not_grow_with_context():
-    model = tiny_model("hybrid")
+@pytest.mark.parametrize("impl", IMPLS)
+def test_cache_memory_does_not_grow_with_context(impl):
+    model = tiny_model("hybrid", impl=impl)
     sizes = []
     with torch.no_grad():
         for n in (40, 400):

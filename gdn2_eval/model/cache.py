@@ -74,11 +74,13 @@ class GDN2Cache:
         return new
 
     def copy_from(self, other: GDN2Cache) -> None:
-        """Copy `other`'s state into this cache's tensors in place (same shapes): their addresses do not change."""
+        """Copy `other`'s state into this cache's tensors in place (same shapes): their addresses do not change.
+        Tensors that a forward updated in place (the inference model's states) are the same objects: no copy."""
         for mine, theirs in zip(self.layers, other.layers):
             for key, value in mine.items():
                 for dst, src in zip(_flat(value), _flat(theirs[key])):
-                    dst.copy_(src)
+                    if dst is not src:
+                        dst.copy_(src)
         self.seq_lens.copy_(other.seq_lens)
 
     def widen_windows(self, width: int) -> None:

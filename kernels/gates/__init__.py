@@ -1,0 +1,1 @@
+"""The mixer's gate activations in one pass (`gdn2_gates.py`: Triton, `naive.py`: the PyTorch reference)."""
