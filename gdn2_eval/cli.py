@@ -526,7 +526,7 @@ def bench_kernels(
     """Our GDN-2 prefill and decode kernels against fla's on the same inputs (H=16, d=128, bf16)."""
     import torch
 
-    from .bench_kernels import DEFAULT_SHAPES, markdown, run_kernel_bench
+    from .bench.kernels import DEFAULT_SHAPES, markdown, run_kernel_bench
 
     if not torch.cuda.is_available():
         raise UserError("bench kernels needs a CUDA device")
@@ -539,6 +539,75 @@ def bench_kernels(
     rows = run_kernel_bench(todo, out, repeats=repeats, accuracy=accuracy)
     console.print(markdown(rows))
     console.print(f"wrote {out}")
+
+
+def _bench_argv(**options) -> list[str]:
+    """Typer options as the bench module's argparse arguments (None: left at the module's default)."""
+    argv = []
+    for name, value in options.items():
+        if value is not None:
+            argv += [f"--{name.replace('_', '-')}", str(value)]
+    return argv
+
+
+def _need_cuda(what: str) -> None:
+    import torch
+
+    if not torch.cuda.is_available():
+        raise UserError(f"bench {what} needs a CUDA device")
+
+
+@bench_app.command("model")
+@user_errors
+def bench_model(
+    out: Annotated[Path | None, typer.Option(help="JSON to write [default: results/bench/model_<gpu>.json].")] = None,
+    preset: Annotated[str, typer.Option(help="GDN-2 preset, random bf16 weights.")] = "gdn2_1.3B",
+    kernel: Annotated[str, typer.Option(help="GDN-2 recurrence kernels: auto, fla, triton.")] = "auto",
+    repeats: Annotated[int, typer.Option(help="Timed runs per figure (median reported).")] = 3,
+    parts: Annotated[str, typer.Option(help="Parts to run: ceilings,cold_start,prefill,decode,agreement,profile.")] = (
+        "ceilings,cold_start,prefill,decode,agreement,profile"),
+) -> None:
+    """The model end to end: prefill against fla's Gated DeltaNet 1.3B, the decode step against its memory floor,
+    the cold start, and the inference path's logits against the reference's."""
+    from .bench.model import main as bench_main
+
+    _need_cuda("model")
+    if repeats < 1:
+        raise UserError("--repeats must be at least 1")
+    bench_main(_bench_argv(out=out, preset=preset, kernel=kernel, repeats=repeats, parts=parts))
+
+
+@bench_app.command("ruler")
+@user_errors
+def bench_ruler(
+    out: Annotated[Path, typer.Option(help="JSON to write.")] = Path("results/bench/ruler.json"),
+    samples: Annotated[int | None, typer.Option(help="Samples per cell (0: only the long sample).")] = None,
+    lengths: Annotated[str | None, typer.Option(help="Only these lengths of the grid, e.g. 1k,2k.")] = None,
+    model: Annotated[str | None, typer.Option(help="A trained model (directory or demo name) instead of "
+                                               "random weights.")] = None,
+    impl: Annotated[str, typer.Option(help="How the gdn2 backend runs GDN-2: auto, inference, reference.")] = "auto",
+    long_length: Annotated[int | None, typer.Option(help="One sample at this length first (0: skip).")] = None,
+) -> None:
+    """The RULER grid through the gdn2 backend and lm-eval's stock hf backend on the same prompts."""
+    from .bench.ruler import main as bench_main
+
+    _need_cuda("ruler")
+    bench_main(_bench_argv(out=out, samples=samples, lengths=lengths, model=model, impl=impl,
+                           long_length=long_length))
+
+
+@bench_app.command("backend")
+@user_errors
+def bench_backend(
+    out: Annotated[Path, typer.Option(help="JSON to write.")] = Path("results/bench/backend.json"),
+    models: Annotated[str, typer.Option(help="GDN-2 presets and/or kda, comma-separated.")] = "gdn2_1.3B,kda",
+    limit: Annotated[int, typer.Option(help="Documents per task.")] = 40,
+    impl: Annotated[str, typer.Option(help="How the gdn2 backend runs GDN-2: auto, inference, reference.")] = "auto",
+) -> None:
+    """The Table 2 request mix (log-likelihoods) through the gdn2 backend and lm-eval's stock hf backend."""
+    from .bench.backend import main as bench_main
+
+    bench_main(_bench_argv(out=out, models=models, limit=limit, impl=impl))
 
 
 tasks_app = typer.Typer(help="Evaluation tasks: list them, or write RULER samples to a file.", no_args_is_help=True)

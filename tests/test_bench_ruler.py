@@ -8,7 +8,7 @@ from conftest import bpe_tokenizer, tiny_model
 
 
 def test_bench_compares_the_backends_cell_by_cell_and_saves_after_each_step(tmp_path):
-    from gdn2_eval.bench_ruler import bench
+    from gdn2_eval.bench.ruler import bench
 
     bpe_tokenizer(600).save_pretrained(tmp_path / "tok")
     saved = []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import tiny_model
+from conftest import IMPLS, tiny_model
 
 pytestmark = pytest.mark.gpu
 
@@ -44,9 +44,10 @@ def test_fla_path_padding_and_generation():
     assert torch.equal(out, seq)
 
 
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("kind", ["hybrid", "recurrent"])
 @pytest.mark.parametrize("kernel", ["torch", "fla"])
-def test_cuda_graph_decoding_equals_eager_decoding(kind, kernel):
+def test_cuda_graph_decoding_equals_eager_decoding(kind, kernel, impl):
     """The captured-and-replayed decode step gives the eager loop's tokens (prompts shorter and longer than the
     hybrid's window, one row finishing early through a stop check)."""
     from gdn2_eval.generation import greedy_generate
@@ -54,6 +55,10 @@ def test_cuda_graph_decoding_equals_eager_decoding(kind, kernel):
     if kernel == "fla":
         pytest.importorskip("fla")
     model = tiny_model(kind, seed=7, kernel=kernel).cuda()
+    if impl == "inference":
+        from gdn2_eval.inference import GDN2InferenceForCausalLM
+
+        model = GDN2InferenceForCausalLM.from_reference(model)
     g = torch.Generator().manual_seed(2)
     prompts = [torch.randint(4, 250, (n,), generator=g).tolist() for n in (3, 300, 41, 6, 120)]
     stop = dict(finished=lambda row, toks: row == 3 and len(toks) >= 5, check_every=5)

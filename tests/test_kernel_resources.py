@@ -1,4 +1,4 @@
-"""The offline resource report (`python -m gdn2_eval.kernel_resources`): our prefill kernels compiled for sm_90
+"""The offline resource report (`python -m gdn2_eval.bench.resources`): our prefill kernels compiled for sm_90
 without a GPU, and the launch default it justifies."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ def test_default_intra_launch_spills_less_than_four_warps(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # compiled, not interpreted
     out = tmp_path / "res.json"
     variants = '[{}, {"intra_warps": 4}, {"intra_maxnreg": 128}]'
-    res = subprocess.run([sys.executable, "-m", "gdn2_eval.kernel_resources", "--variants", variants,
+    res = subprocess.run([sys.executable, "-m", "gdn2_eval.bench.resources", "--variants", variants,
                           "--out", str(out)], env=env, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
     rows = json.loads(out.read_text())["rows"]
@@ -33,6 +33,6 @@ def test_default_intra_launch_spills_less_than_four_warps(tmp_path):
 
 def test_refuses_to_run_under_the_interpreter():
     env = {**os.environ, "TRITON_INTERPRET": "1"}
-    res = subprocess.run([sys.executable, "-m", "gdn2_eval.kernel_resources"], env=env, capture_output=True,
+    res = subprocess.run([sys.executable, "-m", "gdn2_eval.bench.resources"], env=env, capture_output=True,
                          text=True)
     assert res.returncode != 0 and "unset TRITON_INTERPRET" in res.stderr

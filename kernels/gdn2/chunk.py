@@ -329,13 +329,13 @@ def _precision(dtype: torch.dtype) -> tuple[torch.dtype, str, str]:
 def intra_launch_meta(H: int, HV: int, K: int, V: int, varlen: bool, l2norm: bool, prec: str,
                       solve_prec: str) -> dict:
     """Compile-time arguments and launch options of `_intra_kernel` under the current `TUNE` (also read by
-    `gdn2_eval.kernel_resources`, which compiles the same variants without a GPU)."""
+    `gdn2_eval.bench.resources`, which compiles the same variants without a GPU)."""
     return dict(
         H=H, HV=HV, K=K, V=V, BK=min(K, int(TUNE["intra_bk"] or 32)), BV=min(V, int(TUNE["intra_bv"] or 64)),
         IS_VARLEN=varlen, L2NORM=l2norm, DOT_PREC=prec, SOLVE_PREC=solve_prec,
         FAST_SPAN=_FAST_SPAN, CHUNK_SPAN=_CHUNK_SPAN if TUNE["intra_chunk_ref"] is None else -1.0,
         INV=1 if TUNE["intra_inv"] is None else int(TUNE["intra_inv"]),
-        # 8 warps: at 4 the kernel spills about 1.3 KB per thread on sm_90 (`python -m gdn2_eval.kernel_resources`)
+        # 8 warps: at 4 the kernel spills about 1.3 KB per thread on sm_90 (`python -m gdn2_eval.bench.resources`)
         num_warps=int(TUNE["intra_warps"] or 8),
         # a register cap (Triton's maxnreg) trades spills for a second program per SM
         **({"maxnreg": int(TUNE["intra_maxnreg"])} if TUNE["intra_maxnreg"] else {}),

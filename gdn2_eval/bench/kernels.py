@@ -8,7 +8,7 @@ inputs and outputs over time) next to a measured device-to-device copy bandwidth
 fla and against a float64 chunkwise reference computed on the GPU, for typical gates and for gates spread from
 decay ~ 1 (g ~ -1e-6) to decay ~ 0 (g ~ -50).
 
-    python -m gdn2_eval.bench_kernels --out results/bench/kernels.json
+    python -m gdn2_eval.bench.kernels --out results/bench/kernels.json
 """
 
 from __future__ import annotations
@@ -370,7 +370,7 @@ def accuracy_cases(device: str = "cuda") -> list[dict]:
     return out
 
 
-# Knob settings the tune times. `python -m gdn2_eval.kernel_resources` compiles the same list without a GPU
+# Knob settings the tune times. `python -m gdn2_eval.bench.resources` compiles the same list without a GPU
 # (registers, spills), so a variant that spills can be dropped before device time is spent on it.
 TUNE_VARIANTS: tuple[dict, ...] = (
     {},

@@ -4,11 +4,11 @@ Triton compiles for a named target (here sm_90, the H100/H200) on any machine: i
 and `nvdisasm` then tell, before any device time is spent, how many registers a kernel variant needs, how many
 bytes per thread it spills to local memory (stack, `STL` stores) and how many matrix instructions it issues. A
 variant that spills is slow on the device whatever its arithmetic, so this narrows the variants worth timing
-with `python -m gdn2_eval.bench_kernels --tune`.
+with `python -m gdn2_eval.bench.kernels --tune`.
 
-    python -m gdn2_eval.kernel_resources            # the default and each knob of TUNE_VARIANTS, K = V = 128
+    python -m gdn2_eval.bench.resources            # the default and each knob of TUNE_VARIANTS, K = V = 128
 
-The variants are those of `gdn2_eval.bench_kernels.TUNE_VARIANTS`; the launch arguments come from
+The variants are those of `gdn2_eval.bench.kernels.TUNE_VARIANTS`; the launch arguments come from
 `chunk.intra_launch_meta` / `chunk.sweep_launch_meta`, the ones the kernels are launched with.
 """
 
@@ -27,7 +27,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from .bench_kernels import HEAD_K, HEAD_V, HEADS, TUNE_VARIANTS
+from .kernels import HEAD_K, HEAD_V, HEADS, TUNE_VARIANTS
 
 _RESOURCES = re.compile(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)")
 

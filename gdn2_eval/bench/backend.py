@@ -4,12 +4,13 @@ The requests are the `table2` suite's real mix (lm-eval's own task definitions, 
 synthetic stand-in data (`gdn2_eval.standins`), so the machine needs no datasets. Both backends wrap the same
 in-memory model; every request's log-likelihood is compared between them. Run on a GPU machine:
 
-    python -m gdn2_eval.bench_backend --out results/bench/backend_h100.json
+    python -m gdn2_eval.bench.backend --out results/bench/backend_h100.json
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import tempfile
@@ -27,8 +28,8 @@ def table2_requests(data_dir: Path, limit: int) -> dict[str, list]:
     """The table2 suite's lm-eval instances, grouped by request type."""
     from lm_eval.tasks import TaskManager, get_task_dict
 
-    from .data import local_datasets
-    from .suites import SUITES
+    from ..data import local_datasets
+    from ..suites import SUITES
 
     by_type: dict[str, list] = {}
     with local_datasets(data_dir):
@@ -48,7 +49,7 @@ def build_model(kind: str, device: str, kernel: str) -> torch.nn.Module:
 
         model = KDAForCausalLM(KDAConfig(**KDA_SHAPE))
     else:
-        from .model import GDN2Config, GDN2ForCausalLM
+        from ..model import GDN2Config, GDN2ForCausalLM
 
         model = GDN2ForCausalLM(GDN2Config.from_preset(kind, kernel=kernel))
     return model.to(device=device, dtype=torch.bfloat16).eval()
@@ -98,12 +99,26 @@ def compare(a: dict[str, list], b: dict[str, list], requests: dict[str, list], t
     }
 
 
-def bench(kinds: list[str], limit: int, batch_size: int, kernel: str = "fla", repeats: int = 2) -> dict[str, Any]:
+def for_ours(model: torch.nn.Module, impl: str) -> torch.nn.Module:
+    """The model the `gdn2` backend runs: a GDN-2 model on the inference path (built from a copy, so that the stock
+    backend keeps the reference model), anything else as it is."""
+    from ..loading import resolve_impl
+    from ..model import GDN2ForCausalLM
+
+    if isinstance(model, GDN2ForCausalLM) and resolve_impl(impl, model.device) == "inference":
+        from ..inference import GDN2InferenceForCausalLM
+
+        return GDN2InferenceForCausalLM.from_reference(copy.deepcopy(model))
+    return model
+
+
+def bench(kinds: list[str], limit: int, batch_size: int, kernel: str = "fla", repeats: int = 2,
+          impl: str = "auto") -> dict[str, Any]:
     from lm_eval.models.huggingface import HFLM
 
-    from .bpe import train_bpe
-    from .lm_backend import GDN2LM
-    from .standins import STANDINS, write_standins
+    from ..bpe import train_bpe
+    from ..lm_backend import GDN2LM
+    from ..standins import STANDINS, write_standins
 
     work = Path(tempfile.mkdtemp(prefix="bench-backend-"))
     write_standins(work / "data", n_docs=max(limit, 8))
@@ -116,6 +131,7 @@ def bench(kinds: list[str], limit: int, batch_size: int, kernel: str = "fla", re
     report: dict[str, Any] = {
         "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
         "kernel": kernel,
+        "impl": impl,
         "limit_per_task": limit,
         "batch_size": batch_size,
         "tasks": sorted(STANDINS),
@@ -124,11 +140,12 @@ def bench(kinds: list[str], limit: int, batch_size: int, kernel: str = "fla", re
     }
     for kind in kinds:
         model = build_model(kind, device, kernel)
-        ours = GDN2LM(pretrained=model, tokenizer=str(tok_dir), batch_size=batch_size)
+        fast = for_ours(model, impl)
+        ours = GDN2LM(pretrained=fast, tokenizer=str(tok_dir), batch_size=batch_size)
         stock = HFLM(pretrained=model, tokenizer=str(tok_dir), batch_size=batch_size, max_length=ours.ppl_window)
         # Triton specialises kernels on shapes, so a first pass compiles (and fla autotunes) for whichever backend
         # runs first: one untimed pass of each, then timed passes in alternating order, best of `repeats`.
-        shared = GDN2LM(pretrained=model, tokenizer=str(tok_dir), batch_size=batch_size, share_prefix=True)
+        shared = GDN2LM(pretrained=fast, tokenizer=str(tok_dir), batch_size=batch_size, share_prefix=True)
         lms = {"gdn2": ours, "gdn2_always_shared": shared, "hf": stock}
         for lm in lms.values():
             score(lm, requests)
@@ -144,6 +161,7 @@ def bench(kinds: list[str], limit: int, batch_size: int, kernel: str = "fla", re
         report["models"][kind] = {
             "parameters": sum(p.numel() for p in model.parameters()),
             "recurrent_aware_path": ours.recurrent,
+            "gdn2_impl": ours.protocol()["impl"],
             "gdn2_seconds": t_ours,
             "hf_seconds": t_stock,
             "gdn2_requests_per_s": n / t_ours,
@@ -156,22 +174,23 @@ def bench(kinds: list[str], limit: int, batch_size: int, kernel: str = "fla", re
         if device == "cuda":
             report["models"][kind]["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
         print(json.dumps({kind: report["models"][kind]}, indent=1), flush=True)
-        del ours, shared, stock, lms, model
+        del ours, shared, stock, lms, model, fast
         if device == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
     return report
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="gdn2_1.3B,kda", help="GDN-2 preset names and/or 'kda'")
     ap.add_argument("--limit", type=int, default=40, help="documents per task")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--kernel", default="fla", help="GDN-2 kernel path (fla, triton, torch)")
+    ap.add_argument("--impl", default="auto", help="how the gdn2 backend runs GDN-2: auto, inference, reference")
     ap.add_argument("--out", type=Path, required=True)
-    args = ap.parse_args()
-    report = bench(args.models.split(","), args.limit, args.batch_size, args.kernel)
+    args = ap.parse_args(argv)
+    report = bench(args.models.split(","), args.limit, args.batch_size, args.kernel, impl=args.impl)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")
 

@@ -5,7 +5,7 @@ The prompts are the paper's Table 3 grid (S-NIAH-1/2 at 1K-8K, S-NIAH-3 and MK-N
 byte-level BPE trained here on the built-in haystack (no hub). Both backends wrap one in-memory model and serve the
 same lm-eval `generate_until` requests; predictions and RULER scores are compared cell by cell. Run on a GPU:
 
-    python -m gdn2_eval.bench_ruler --out results/bench/ruler_h100.json
+    python -m gdn2_eval.bench.ruler --out results/bench/ruler_h100.json
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from .results_store import atomic_write
+from ..results_store import atomic_write
 
 GEN = {"until": [], "max_gen_toks": 128, "do_sample": False, "temperature": 0.0}
 
@@ -46,12 +46,13 @@ def timed(fn) -> tuple[float, Any]:
 
 def bench(model, tok_dir: Path, *, samples: int, batch_size: int, hf_batch_size: int, long_length: int,
           hf_budget_s: float, save, grid: dict[str, list[int]] | None = None,
-          label: str | None = None) -> dict[str, Any]:
+          label: str | None = None, impl: str = "auto") -> dict[str, Any]:
     """The long sample (skipped when `long_length` is 0), then the comparison over `grid` (default: the paper's;
     skipped when `samples` is 0). `save(report)` is called after every step, so a run cut short by a time limit
-    keeps what it measured."""
-    from .lm_backend import GDN2LM
-    from .ruler import PAPER_GRID, load_tokenizer
+    keeps what it measured. The `gdn2` backend runs `model` on the `impl` path; the stock backend runs it as given."""
+    from ..lm_backend import GDN2LM
+    from ..ruler import PAPER_GRID, load_tokenizer
+    from .backend import for_ours
 
     tok = load_tokenizer(str(tok_dir))
     weight = next(model.parameters())
@@ -60,22 +61,24 @@ def bench(model, tok_dir: Path, *, samples: int, batch_size: int, hf_batch_size:
         "model": label or f"{getattr(model.config, 'preset', None) or 'custom'} (random weights, {weight.dtype})",
         "kernel": model.config.kernel, "samples_per_cell": samples, "gdn2_batch_size": batch_size,
         "hf_batch_size": hf_batch_size, "command": " ".join(sys.argv), "cells": {}}
-    ours = GDN2LM(pretrained=model, tokenizer=str(tok_dir), batch_size=batch_size)
+    fast = for_ours(model, impl)
+    ours = GDN2LM(pretrained=fast, tokenizer=str(tok_dir), batch_size=batch_size)
+    report["gdn2_impl"] = ours.protocol()["impl"]
     if long_length:  # first: it is short, and a run cut off by a time limit still has it
         long_sample(report, tok, ours, long_length, save)
     if samples:
-        compare(report, model, tok, tok_dir, ours, samples, hf_batch_size, hf_budget_s, save,
+        compare(report, model, fast, tok, tok_dir, ours, samples, hf_batch_size, hf_budget_s, save,
                 PAPER_GRID if grid is None else grid)
     return report
 
 
-def compare(report: dict[str, Any], model, tok, tok_dir: Path, ours, samples: int, hf_batch_size: int,
+def compare(report: dict[str, Any], model, fast, tok, tok_dir: Path, ours, samples: int, hf_batch_size: int,
             hf_budget_s: float, save, grid: dict[str, list[int]]) -> None:
     """The grid through both backends, cell by cell, into `report["cells"]`."""
     from lm_eval.models.huggingface import HFLM
 
-    from .generation import greedy_generate
-    from .ruler import generate_samples, prompt_ids, sample_score
+    from ..generation import greedy_generate
+    from ..ruler import generate_samples, prompt_ids, sample_score
 
     t_gen = time.perf_counter()
     cells = {(task, length): generate_samples(task, length, samples, tok)
@@ -89,8 +92,8 @@ def compare(report: dict[str, Any], model, tok, tok_dir: Path, ours, samples: in
     if next(model.parameters()).is_cuda:
         # the captured decode step against the eager one on the real model: same kernels, so the same tokens
         prompts = [prompt_ids(d, tok) for d in next(iter(cells.values()))[:16]]
-        t_eager, eager = timed(lambda: greedy_generate(model, prompts, 64, cuda_graph=False))
-        t_graph, graph = timed(lambda: greedy_generate(model, prompts, 64, cuda_graph=True))
+        t_eager, eager = timed(lambda: greedy_generate(fast, prompts, 64, cuda_graph=False))
+        t_graph, graph = timed(lambda: greedy_generate(fast, prompts, 64, cuda_graph=True))
         report["decode_check"] = {"rows": len(prompts), "new_tokens": 64, "graph_equals_eager": graph == eager,
                                   "eager_s": t_eager, "graph_s": t_graph}
         print(json.dumps(report["decode_check"]), flush=True)
@@ -130,7 +133,7 @@ def compare(report: dict[str, Any], model, tok, tok_dir: Path, ours, samples: in
 def long_sample(report: dict[str, Any], tok, ours, length: int, save) -> None:
     """One sample of `length` tokens: prefill in chunks carrying state, constant-size decode state. A sample of
     up to 2K runs first, so that kernel compilation is outside the time."""
-    from .ruler import generate_samples
+    from ..ruler import generate_samples
 
     # Warm-up in chunks of 512 tokens, so that the chunk-carries-state variants compile here and not in the timing.
     warm_doc = generate_samples("niah_single_2", min(2048, length), 1, tok)
@@ -153,7 +156,7 @@ def long_sample(report: dict[str, Any], tok, ours, length: int, save) -> None:
     save(report)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--samples", type=int, default=50, help="samples per (task, length) cell (0: skip the comparison)")
     ap.add_argument("--batch-size", type=int, default=64, help="rows per batch of the gdn2 backend")
@@ -165,24 +168,25 @@ def main() -> None:
     ap.add_argument("--model", help="a trained model instead (HF directory or a demo name), with its tokenizer; "
                     "scores then mean something")
     ap.add_argument("--lengths", help="only these lengths of the grid, e.g. 1k,2k")
+    ap.add_argument("--impl", default="auto", help="how the gdn2 backend runs GDN-2: auto, inference, reference")
     ap.add_argument("--out", type=Path, required=True)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    from .ruler import PAPER_GRID, parse_lengths
+    from ..ruler import PAPER_GRID, parse_lengths
 
     lengths = set(parse_lengths(args.lengths)) if args.lengths else None
     grid = {task: [n for n in ns if lengths is None or n in lengths] for task, ns in PAPER_GRID.items()}
     if args.model:
-        from .demo import resolve_model
-        from .loading import load_model
+        from ..demo import resolve_model
+        from ..loading import load_model
 
         tok_dir = Path(resolve_model(args.model))
         overrides = {"kernel": args.kernel} if args.kernel else {}
-        model, label = load_model(tok_dir, **overrides).model, f"{args.model} (trained weights)"
+        model, label = load_model(tok_dir, impl="reference", **overrides).model, f"{args.model} (trained weights)"
     else:
-        from .bpe import train_bpe
-        from .model import GDN2Config, GDN2ForCausalLM
-        from .ruler import ANSWER_PREFIX, NOISE, TEMPLATE, builtin_essay
+        from ..bpe import train_bpe
+        from ..model import GDN2Config, GDN2ForCausalLM
+        from ..ruler import ANSWER_PREFIX, NOISE, TEMPLATE, builtin_essay
 
         tok_dir = Path(tempfile.mkdtemp(prefix="bench-ruler-")) / "tok"
         train_bpe([builtin_essay().text, TEMPLATE, ANSWER_PREFIX, NOISE] * 4, 8000).save_pretrained(tok_dir)
@@ -192,7 +196,7 @@ def main() -> None:
         label = None
     bench(model.eval(), tok_dir, samples=args.samples, batch_size=args.batch_size, hf_batch_size=args.hf_batch_size,
           long_length=args.long_length, hf_budget_s=args.hf_budget_s, grid={t: n for t, n in grid.items() if n},
-          label=label, save=lambda report: atomic_write(args.out, json.dumps(report, indent=1) + "\n"))
+          label=label, impl=args.impl, save=lambda report: atomic_write(args.out, json.dumps(report, indent=1) + "\n"))
 
 
 if __name__ == "__main__":
