@@ -566,6 +566,12 @@ def bench_model(
     repeats: Annotated[int, typer.Option(help="Timed runs per figure (median reported).")] = 3,
     parts: Annotated[str, typer.Option(help="Parts to run: ceilings,cold_start,prefill,decode,agreement,profile.")] = (
         "ceilings,cold_start,prefill,decode,agreement,profile"),
+    shapes: Annotated[str | None, typer.Option(help="Prefill shapes, comma-separated BxT [default: the five of "
+                                               "the benchmark].")] = None,
+    batches: Annotated[str | None, typer.Option(help="Decode batch sizes, e.g. 1,16,64.")] = None,
+    compare_kernels: Annotated[str | None, typer.Option(help="Further recurrence kernels to time the inference "
+                                                        "path with, e.g. triton.")] = None,
+    merge: Annotated[bool, typer.Option(help="Update the JSON's rows of the shapes measured, keep the rest.")] = False,
 ) -> None:
     """The model end to end: prefill against fla's Gated DeltaNet 1.3B, the decode step against its memory floor,
     the cold start, and the inference path's logits against the reference's."""
@@ -574,7 +580,8 @@ def bench_model(
     _need_cuda("model")
     if repeats < 1:
         raise UserError("--repeats must be at least 1")
-    bench_main(_bench_argv(out=out, preset=preset, kernel=kernel, repeats=repeats, parts=parts))
+    bench_main(_bench_argv(out=out, preset=preset, kernel=kernel, repeats=repeats, parts=parts, shapes=shapes,
+                           batches=batches, compare_kernels=compare_kernels) + (["--merge"] if merge else []))
 
 
 @bench_app.command("ruler")

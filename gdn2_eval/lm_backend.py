@@ -19,6 +19,8 @@ never silently truncated.
 from __future__ import annotations
 
 import json
+import sys
+import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -131,6 +133,24 @@ class GDN2LM(HFLM):
         # at the model's training length).
         training = getattr(model.config, "training_length", None)
         self.ppl_window = int(ppl_window or training or super().max_length)
+        if self.recurrent and self.model.device.type == "cuda":
+            self.compile_kernels()
+
+    def compile_kernels(self) -> float:
+        """Run the model once on a small packed batch and one decode step. A process's first forward compiles every
+        Triton kernel of the model (and fla may autotune): done here, the run says so instead of its first task
+        seeming to hang. Later processes find the kernels in Triton's on-disk cache. Returns the seconds taken."""
+        say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if self.rank == 0 else (lambda msg: None)
+        say("compiling the model's GPU kernels (first forward of this process; cached on disk for the next) ...")
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            cache, last = prefill(self.model, [[1] * 96, [1] * 40], 0, self.chunk_tokens)  # packed, two lengths
+            self.model(last.argmax(-1)[:, None], past_key_values=cache, use_cache=True)  # the one-token step
+        if self.model.device.type == "cuda":
+            torch.cuda.synchronize()
+        took = time.perf_counter() - t0
+        say(f"compiled in {took:.1f}s")
+        return took
 
     # ---- limits --------------------------------------------------------------------------------------------------
     @property

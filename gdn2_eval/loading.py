@@ -89,6 +89,9 @@ def _cached_tokenizer(name: str) -> PreTrainedTokenizerBase:
 def _register_fla_models() -> None:
     """fla's baseline models (Gated DeltaNet, KDA, Mamba-2/3, Samba, ...) register with the Auto classes on import."""
     try:
+        from .kernels.fla_configs import use_pinned_configs
+
+        use_pinned_configs()  # before fla's first import: its launch configurations for this GPU, no autotuning
         import fla  # noqa: F401
     except Exception:  # fla is optional; a plain HF model still loads
         pass

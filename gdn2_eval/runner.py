@@ -139,12 +139,23 @@ class _BuiltinShadowing(logging.Filter):
 _SHADOWING_FILTER = _BuiltinShadowing()
 
 
+class _MetadataHint(logging.Filter):
+    """Drops lm-eval's two-line hint that custom kwargs can be passed to `--metadata`, which it logs for every task
+    built by a `custom_dataset` function (each RULER cell): `gdn2-eval run` passes those kwargs itself."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "can be passed to `--metadata`" not in str(record.msg)
+
+
+_METADATA_FILTER = _MetadataHint()
+
+
 def task_manager(tasks_dir: Path | None, metadata: dict[str, Any] | None = None):
     from lm_eval.tasks import TaskManager
 
-    index_log = logging.getLogger("lm_eval.tasks._index")
-    if _SHADOWING_FILTER not in index_log.filters:
-        index_log.addFilter(_SHADOWING_FILTER)
+    for name, quiet in (("lm_eval.tasks._index", _SHADOWING_FILTER), ("lm_eval.api.task", _METADATA_FILTER)):
+        if quiet not in logging.getLogger(name).filters:
+            logging.getLogger(name).addFilter(quiet)
     include = [str(builtin_tasks_dir())]
     if tasks_dir is not None:
         if not Path(tasks_dir).is_dir():

@@ -78,6 +78,9 @@ def resolve_backend(requested: str | None, device: torch.device | str) -> str:
 
 
 def _fla_ops() -> tuple[Callable, Callable]:
+    from .fla_configs import use_pinned_configs
+
+    use_pinned_configs()  # before fla's first import: its launch configurations for this GPU, no autotuning
     from fla.ops.gdn2 import chunk_gdn2
     from fla.ops.gdn2.fused_recurrent import fused_recurrent_gdn2_fwd
 

@@ -232,3 +232,12 @@ def test_fixed_buffer_decode_step_equals_eager_decoding(kind, lengths):
     eager, fixed = results
     assert [len(r) for r in eager] == [15, 15, 6, 15]
     assert fixed == eager
+
+
+def test_kernel_compilation_is_announced_and_leaves_the_model_unchanged(lm, capsys):
+    """On CUDA the backend compiles the model's kernels at load time, saying so (here run on the CPU directly)."""
+    before = [p.detach().clone() for p in lm.model.parameters()]
+    assert lm.compile_kernels() >= 0
+    err = capsys.readouterr().err
+    assert "compiling the model's GPU kernels" in err and "compiled in" in err
+    assert all(torch.equal(a, b) for a, b in zip(before, lm.model.parameters()))

@@ -20,8 +20,9 @@ def ruler_model(tmp_path_factory):
     return out
 
 
-def test_ruler_suite_writes_one_row_per_task_and_length(ruler_model, tmp_path):
+def test_ruler_suite_writes_one_row_per_task_and_length(ruler_model, tmp_path, caplog):
     out = tmp_path / "run"
+    caplog.set_level("INFO")
     res = cli("run", "--model", ruler_model, "--suite", "ruler", "--lengths", "1k", "--samples", "5",
               "--device", "cpu", "--batch-size", "4", "--out", out)
     assert res.exit_code == 0, res.output
@@ -40,6 +41,8 @@ def test_ruler_suite_writes_one_row_per_task_and_length(ruler_model, tmp_path):
     assert results["protocol"]["ruler"]["samples"] == 5
     assert results["protocol"]["ruler"]["essay_haystack"]["name"]  # which haystack was used
     assert "niah_single_1@1024" in results["results"]
+    # lm-eval's two-line `--metadata` hint, once per RULER cell, is not shown (the run passes the metadata itself)
+    assert not [r for r in caplog.records if "--metadata" in r.getMessage()]
 
 
 def test_generated_file_evaluates_like_the_generated_task(ruler_model, tmp_path):

@@ -79,6 +79,9 @@ def random_models(preset: str, kernel: str) -> tuple[GDN2ForCausalLM, torch.nn.M
 
 
 def fla_gdn_model() -> torch.nn.Module | None:
+    from ..kernels.fla_configs import use_pinned_configs
+
+    use_pinned_configs()
     try:
         from fla.models import GatedDeltaNetConfig, GatedDeltaNetForCausalLM
     except ImportError:
@@ -94,25 +97,43 @@ def block_matmul_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for n, p in model.named_parameters() if ".layers." in f".{n}" and p.dim() == 2)
 
 
+class kernel_as:
+    """The inference model with another recurrence backend for the duration (its config is read on every forward)."""
+
+    def __init__(self, model: torch.nn.Module, kernel: str):
+        self.model, self.kernel = model, kernel
+
+    def __enter__(self):
+        self.saved, self.model.config.kernel = self.model.config.kernel, self.kernel
+        return self.model
+
+    def __exit__(self, *exc):
+        self.model.config.kernel = self.saved
+
+
 @torch.no_grad()
-def prefill(ref, ours, fla, shapes, repeats: int, peak: float, log) -> list[dict]:
+def prefill(ref, ours, fla, shapes, kernels, repeats: int, peak: float, log) -> list[dict]:
+    """`ours_tok_s` is the inference path with the run's kernel; `ours_<k>_tok_s` with each recurrence kernel `k`."""
     rows = []
     flops_per_token = 2 * block_matmul_params(ref)
     for B, T in shapes:
         ids = torch.randint(0, 32000, (B, T), device="cuda", generator=torch.Generator("cuda").manual_seed(B * T))
         row = {"batch": B, "tokens": T, "total_tokens": B * T}
-        runs = {"ours": (ours, {"packed": True}), "ref": (ref, {"packed": True})}
+        runs = {f"ours_{k}": (ours, {"packed": True}, k) for k in kernels}
+        runs["ref"] = (ref, {"packed": True}, ref.config.kernel)
         if fla is not None:  # packed as one stream with cu_seqlens, as ours packs the batch
             cu = torch.arange(0, B * T + 1, T, device="cuda")
-            runs["fla_gdn"] = (fla, {"cu_seqlens": cu} if B > 1 else {})
-        for name, (model, kwargs) in runs.items():
+            runs["fla_gdn"] = (fla, {"cu_seqlens": cu} if B > 1 else {}, None)
+        for name, (model, kwargs, kernel) in runs.items():
             x = ids.reshape(1, -1) if name == "fla_gdn" else ids
             call = lambda m=model, x=x, kw=kwargs: m(x, logits_to_keep=1, **kw).logits  # noqa: E731
-            call()  # compiles and autotunes for this shape
-            torch.cuda.reset_peak_memory_stats()
-            _, seconds = _timed(call, repeats)
+            with kernel_as(model, kernel) if kernel else _nothing():
+                call()  # compiles (and fla autotunes) for this shape
+                torch.cuda.reset_peak_memory_stats()
+                _, seconds = _timed(call, repeats)
             row[f"{name}_tok_s"] = B * T / seconds
             row[f"{name}_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        row["ours_tok_s"] = row[f"ours_{kernels[0]}_tok_s"]
         row["ratio"] = row["ours_tok_s"] / row["fla_gdn_tok_s"] if "fla_gdn_tok_s" in row else None
         row["ours_over_ref"] = row["ours_tok_s"] / row["ref_tok_s"]
         row["peak_frac"] = flops_per_token * row["ours_tok_s"] / peak
@@ -121,9 +142,18 @@ def prefill(ref, ours, fla, shapes, repeats: int, peak: float, log) -> list[dict
     return rows
 
 
+class _nothing:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return None
+
+
 @torch.no_grad()
-def decode(ref, ours, batches, copy_bw: float, steps: int, log) -> list[dict]:
-    """One greedy step, captured as a CUDA graph over the cache's fixed buffers, after a 4K prompt per row."""
+def decode(ref, ours, batches, kernels, copy_bw: float, steps: int, log) -> list[dict]:
+    """One greedy step, captured as a CUDA graph over the cache's fixed buffers, after a 4K prompt per row.
+    `step_ms` is the inference path with the run's kernel, `step_ms_<k>` with each recurrence kernel `k`."""
     from ..generation import GraphDecoder
     from ..generation import prefill as prefill_prompts
 
@@ -132,15 +162,18 @@ def decode(ref, ours, batches, copy_bw: float, steps: int, log) -> list[dict]:
     for B in batches:
         prompts = torch.randint(0, 32000, (B, DECODE_PROMPT), generator=torch.Generator().manual_seed(B)).tolist()
         row = {"batch": B, "prompt_tokens": DECODE_PROMPT}
-        for name, model in (("ours", ours), ("ref", ref)):
-            cache, last = prefill_prompts(model, prompts, 0, 65536)
-            state_bytes = cache.nbytes()
-            decoder = GraphDecoder(model, cache, last.argmax(-1))
-            for _ in range(3):  # eager warm-up, capture, a replay
-                decoder.step()
-            _, seconds = _timed(decoder.step, steps)
-            row[f"{name}_step_ms" if name == "ref" else "step_ms"] = 1e3 * seconds
+        runs = [(f"step_ms_{k}", ours, k) for k in kernels] + [("ref_step_ms", ref, ref.config.kernel)]
+        for name, model, kernel in runs:
+            with kernel_as(model, kernel):
+                cache, last = prefill_prompts(model, prompts, 0, 65536)
+                state_bytes = cache.nbytes()
+                decoder = GraphDecoder(model, cache, last.argmax(-1))
+                for _ in range(3):  # eager warm-up, capture, a replay
+                    decoder.step()
+                _, seconds = _timed(decoder.step, steps)
+            row[name] = 1e3 * seconds
             del decoder, cache
+        row["step_ms"] = row[f"step_ms_{kernels[0]}"]
         row["state_bytes"] = state_bytes
         row["floor_ms"] = 1e3 * (weight_bytes + 2 * state_bytes) / copy_bw
         row["over_floor"] = row["step_ms"] / row["floor_ms"]
@@ -213,6 +246,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--parts", default="ceilings,cold_start,prefill,decode,agreement,profile",
                     help="comma-separated parts to run")
+    ap.add_argument("--shapes", default=",".join(f"{b}x{t}" for b, t in PREFILL_SHAPES),
+                    help="prefill shapes, comma-separated BxT")
+    ap.add_argument("--batches", default=",".join(map(str, DECODE_BATCHES)), help="decode batch sizes")
+    ap.add_argument("--compare-kernels", default="",
+                    help="further recurrence kernels to time the inference path with (prefill and decode)")
+    ap.add_argument("--dump-fla-configs", type=Path,
+                    help="at the end, write the launch configurations fla's autotuner chose here as fla config files "
+                         "in this folder (what kernels/configs/fla/<GPU>/ keeps)")
+    ap.add_argument("--merge", action="store_true", help="update the JSON's other keys rather than replacing it")
     ap.add_argument("--cold-kernels", default="auto",
                     help="recurrence kernels to time the cold start with, each from its own empty cache")
     args = ap.parse_args(argv)
@@ -221,18 +263,21 @@ def main(argv: list[str] | None = None) -> None:
     parts = set(args.parts.split(","))
     out = args.out or Path(f"results/bench/model_{gpu_slug()}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    report: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "preset": args.preset,
-                    "kernel": args.kernel, "command": " ".join(sys.argv)}
+    report: dict = json.loads(out.read_text()) if args.merge and out.exists() else {}
+    report.update(device=torch.cuda.get_device_name(), torch=torch.__version__, preset=args.preset,
+                  kernel=args.kernel, command=" ".join(sys.argv))
+    shapes = [tuple(int(n) for n in s.split("x")) for s in args.shapes.split(",") if s]
+    batches = [int(b) for b in args.batches.split(",") if b]
 
     def save():
         out.write_text(json.dumps(report, indent=1) + "\n")
 
-    def logger(key):  # each row printed and saved as it comes, so a run cut short keeps what it measured
-        report[key] = []
+    def logger(key, *ident):  # each row printed and saved as it comes, so a run cut short keeps what it measured
+        report.setdefault(key, [])
 
-        def log(row):
+        def log(row):  # a row replaces an earlier one of the same shape (`--merge`)
             print(json.dumps({key: row}), flush=True)
-            report[key].append(row)
+            report[key] = [r for r in report[key] if any(r.get(f) != row[f] for f in ident)] + [row]
             save()
 
         return log
@@ -251,23 +296,48 @@ def main(argv: list[str] | None = None) -> None:
                 report["cold_start"].update(fresh_s=fresh.get("first_forward_s"), warm_s=warm.get("first_forward_s"))
             print(json.dumps({"cold_start": {kernel: report["cold_start"][kernel]}}), flush=True)
             save()
+    todo = [p for p in args.parts.split(",") if p in ("prefill", "decode", "agreement", "profile")]
+    if not todo:
+        save()
+        return
     report["ceilings"] = ceil = ceilings()
     save()
     ref, ours = random_models(args.preset, args.kernel)
+    from ..kernels import resolve_backend
+
+    kernels = list(dict.fromkeys([resolve_backend(args.kernel, "cuda")]
+                                 + [k for k in args.compare_kernels.split(",") if k]))
+    report["kernels_timed"] = kernels
     report["block_matmul_params"] = block_matmul_params(ref)
-    if "prefill" in parts:
+
+    def run_prefill():
         fla = fla_gdn_model()
         if fla is not None:
             report["fla_gdn_params"] = sum(p.numel() for p in fla.parameters())
-        prefill(ref, ours, fla, PREFILL_SHAPES, args.repeats, ceil["bf16_matmul_flop_per_s"], logger("prefill"))
+        prefill(ref, ours, fla, shapes, kernels, args.repeats, ceil["bf16_matmul_flop_per_s"],
+                logger("prefill", "batch", "tokens"))
         del fla
         torch.cuda.empty_cache()
-    if "decode" in parts:
-        decode(ref, ours, DECODE_BATCHES, ceil["copy_bytes_per_s"], 50, logger("decode"))
-    if "agreement" in parts:
-        agreement(ref, ours, (4096, 65536), 2048, logger("agreement"))
-    if "profile" in parts:
-        profile(ours, 8, 8192, out.with_name(f"profile_{out.stem}.txt"))
+
+    measures = {
+        "prefill": run_prefill,
+        "decode": lambda: decode(ref, ours, batches, kernels, ceil["copy_bytes_per_s"], 50, logger("decode", "batch")),
+        "agreement": lambda: agreement(ref, ours, (4096, 65536), 2048, logger("agreement", "tokens")),
+        "profile": lambda: profile(ours, 8, 8192, out.with_name(f"profile_{out.stem}.txt")),
+    }
+    for part in todo:  # in the order asked
+        try:
+            measures[part]()
+        except Exception as exc:  # a part that fails is recorded; the others still run
+            import traceback
+
+            traceback.print_exc()
+            report.setdefault("errors", {})[part] = f"{type(exc).__name__}: {exc}"
+            torch.cuda.empty_cache()
+    if args.dump_fla_configs:
+        from ..kernels.fla_configs import dump_autotuned
+
+        report["fla_configs_dumped"] = dump_autotuned(args.dump_fla_configs)
     save()
     print(f"wrote {out}")
 

@@ -15,18 +15,19 @@ import triton.language as tl
 
 
 @triton.jit
-def _plane(c0, T, CK, CV):
-    """Where channel block c0 of [q | k | v] is written: (element offset of its plane, first column, row stride)."""
+def _plane(c0, k_plane, v_plane, CK, CV):
+    """Where channel block c0 of [q | k | v] is written: (element offset of its plane, first column, row stride).
+    The plane offsets come from the wrapper (T x CK elements each), so they are int64 whenever they need to be."""
     is_k = c0 >= CK
     is_v = c0 >= 2 * CK
-    base = tl.where(is_v, 2 * T * CK, tl.where(is_k, T * CK, 0))
+    base = tl.where(is_v, v_plane, tl.where(is_k, k_plane, 0))
     col = tl.where(is_v, c0 - 2 * CK, tl.where(is_k, c0 - CK, c0))
     return base, col, tl.where(is_v, CV, CK)
 
 
 @triton.jit
 def _conv_varlen_kernel(
-    x, x_stride, w, out, seq_idx, pos, state, state_rows, T, C, CK, CV,
+    x, x_stride, w, out, seq_idx, pos, state, state_rows, T, C, CK, CV, k_plane, v_plane,
     KS: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, HAS_STATE: tl.constexpr,
 ):
     i_t, i_c = tl.program_id(0), tl.program_id(1)
@@ -51,7 +52,7 @@ def _conv_varlen_kernel(
             xv += sv.to(tl.float32)
         acc += xv * w_j[None, :]
     acc = acc * tl.sigmoid(acc)
-    base, col, stride = _plane(c0, T.to(tl.int64), CK, CV)
+    base, col, stride = _plane(c0, k_plane, v_plane, CK, CV)
     dst = out + base + o_t[:, None] * stride + (col + tl.arange(0, BC))[None, :]
     tl.store(dst, acc.to(out.dtype.element_ty), mask=m_t[:, None])
 
@@ -82,7 +83,7 @@ def _conv_state_kernel(
 
 @triton.jit
 def _conv_step_kernel(
-    x, x_stride, w, out, state, B, C, CK, CV, BB: tl.constexpr, BC: tl.constexpr,
+    x, x_stride, w, out, state, B, C, CK, CV, k_plane, v_plane, BB: tl.constexpr, BC: tl.constexpr,
 ):
     """One token per row, kernel size 4: y = SiLU(w . [s0, s1, s2, x]); the state shifts in place to [s1, s2, x]."""
     i_b, i_c = tl.program_id(0), tl.program_id(1)
@@ -103,7 +104,7 @@ def _conv_step_kernel(
     tl.store(p_s, s1, mask=m)
     tl.store(p_s + C, s2, mask=m)
     tl.store(p_s + 2 * C, xv.to(s2.dtype), mask=m)
-    base, col, stride = _plane(c0, B.to(tl.int64), CK, CV)
+    base, col, stride = _plane(c0, k_plane, v_plane, CK, CV)
     tl.store(out + base + o_b[:, None] * stride + (col + tl.arange(0, BC))[None, :], acc.to(out.dtype.element_ty),
              mask=m)
 
@@ -163,7 +164,7 @@ def short_conv_varlen(
     if T:
         _conv_varlen_kernel[(triton.cdiv(T, 64), C // BC)](
             x, x.stride(0), weight, flat, seq_idx, pos, state if has_state else x, state_rows if has_state else dummy,
-            T, C, CK, CV, KS=KS, BT=64, BC=BC, HAS_STATE=has_state, num_warps=4,
+            T, C, CK, CV, T * CK, 2 * T * CK, KS=KS, BT=64, BC=BC, HAS_STATE=has_state, num_warps=4,
         )
     if N:
         _conv_state_kernel[(N, C // BC)](
@@ -186,6 +187,7 @@ def short_conv_step(
     BC = _channel_block(splits)
     if B:
         _conv_step_kernel[(triton.cdiv(B, 4), C // BC)](
-            x, x.stride(0), weight.contiguous(), flat, state, B, C, CK, CV, BB=4, BC=BC, num_warps=4,
+            x, x.stride(0), weight.contiguous(), flat, state, B, C, CK, CV, B * CK, 2 * B * CK, BB=4, BC=BC,
+            num_warps=4,
         )
     return parts
