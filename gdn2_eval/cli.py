@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
 import sys
 from pathlib import Path
@@ -170,6 +171,14 @@ def run(
     num_gpus: Annotated[
         int, typer.Option(help="Data-parallel over this many GPUs of this machine (starts `accelerate launch`).")
     ] = 1,
+    share_prefix: Annotated[
+        str, typer.Option(help="Prefill each prefix that prompts share once, from a state snapshot: on, off, or "
+                          "auto (where a call saves a few thousand tokens or more).")
+    ] = "auto",
+    share_budget: Annotated[
+        str | None, typer.Option(help="Memory for prefix snapshots, e.g. 8GiB [default: half the free GPU memory, "
+                                 "a quarter of RAM on the CPU]; when full, prompts restart further up.")
+    ] = None,
 ) -> None:
     """Evaluate a model on a suite or on tasks; results go to a run directory that `--resume` continues.
 
@@ -207,6 +216,8 @@ def run(
         "gate_ablation": gate_ablation,
         "kernel": kernel,
         "impl": check_impl(impl),
+        "share_prefix": _share_option(share_prefix),
+        "share_budget": _budget_option(share_budget),
     }
     spec = RunSpec(
         model=resolve_model(model),
@@ -247,6 +258,7 @@ def run(
     out_dir = run_spec(spec, progress=progress)
     if main_rank:
         _print_summary(out_dir / "summary.csv")
+        _print_token_saving(out_dir / "results.json")
         console.print(f"results in {out_dir}")
 
 
@@ -280,6 +292,16 @@ def _task_names(suite: str | None, tasks: str | None) -> list[str]:
     if (suite is None) == (tasks is None):
         raise UserError("pass exactly one of --suite or --tasks")
     return suite_tasks(suite) if suite else [t.strip() for t in tasks.split(",") if t.strip()]
+
+
+def _print_token_saving(path: Path) -> None:
+    """How many prompt tokens the model actually ran (prefix sharing runs each shared prefix once)."""
+    tokens = json.loads(path.read_text()).get("tokens", {})
+    prompt = sum(t["prompt_tokens"] for t in tokens.values())
+    run = sum(t["prefill_tokens"] for t in tokens.values())
+    if prompt:
+        console.print(f"prefill: {run:,} of {prompt:,} prompt tokens run through the model "
+                      f"({100 * (1 - run / prompt):.0f}% saved by sharing prefixes)")
 
 
 def _print_summary(path: Path) -> None:
@@ -539,6 +561,20 @@ def bench_kernels(
     rows = run_kernel_bench(todo, out, repeats=repeats, accuracy=accuracy)
     console.print(markdown(rows))
     console.print(f"wrote {out}")
+
+
+def _share_option(value: str) -> str:
+    if value.lower() not in ("auto", "on", "off"):
+        raise UserError(f"--share-prefix must be auto, on or off, not {value!r}")
+    return value.lower()
+
+
+def _budget_option(value: str | None) -> str | None:
+    if value is not None:
+        from .lm_backend import parse_bytes
+
+        parse_bytes(value)  # a one-line error before any work
+    return value
 
 
 def _bench_argv(**options) -> list[str]:

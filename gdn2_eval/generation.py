@@ -33,14 +33,16 @@ def pad_batch(seqs: Sequence[Sequence[int]], side: str, pad: int, device) -> tup
 
 
 @torch.no_grad()
-def prefill(model, prompts: Sequence[Sequence[int]], pad_id: int, chunk_tokens: int):
+def prefill(model, prompts: Sequence[Sequence[int]], pad_id: int, chunk_tokens: int, cache=None):
     """Run left-padded `prompts` through `model` `chunk_tokens` tokens per forward, state carried in a fresh cache
-    (pad tokens never reach it). Returns the cache and the logits after each prompt's last token [rows, vocab].
+    or in `cache` (one row per prompt, continued; pad tokens never reach it). Returns the cache and the logits
+    after each prompt's last token [rows, vocab].
 
     Every chunk runs packed, padded or not, so a prefill needs one set of kernel variants (on a GPU, each new
     variant costs a compilation and autotuning on first use)."""
     ids, mask = pad_batch(prompts, side="left", pad=pad_id, device=model.device)
-    cache = model.new_cache(len(prompts))
+    if cache is None:
+        cache = model.new_cache(len(prompts))
     step = max(1, chunk_tokens // len(prompts))
     for c0 in range(0, ids.shape[1], step):
         out = model(ids[:, c0 : c0 + step], attention_mask=mask[:, c0 : c0 + step], past_key_values=cache,
@@ -74,10 +76,19 @@ def greedy_generate(
     if any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
     cache, last = prefill(model, prompts, pad_id, chunk_tokens)
+    return generate_from(model, cache, last, max_new_tokens, eos_ids, pad_id, finished, check_every, cuda_graph)
+
+
+@torch.no_grad()
+def generate_from(model, cache, last: torch.Tensor, max_new_tokens: int, eos_ids: Sequence[int] = (), pad_id: int = 0,
+                  finished: Callable[[int, list[int]], bool] | None = None, check_every: int = 8,
+                  cuda_graph: bool | None = None) -> list[list[int]]:
+    """Greedy continuations of prompts already prefilled into `cache`, `last` their last logits [rows, vocab]."""
     if cuda_graph is None:
         cuda_graph = model.device.type == "cuda"
-    decoder = GraphDecoder(model, cache, last.argmax(-1)) if cuda_graph else EagerDecoder(model, cache, last.argmax(-1))
-    return decode(decoder, n, max_new_tokens, eos_ids, pad_id, finished, check_every)
+    token = last.argmax(-1)
+    decoder = GraphDecoder(model, cache, token) if cuda_graph else EagerDecoder(model, cache, token)
+    return decode(decoder, last.shape[0], max_new_tokens, eos_ids, pad_id, finished, check_every)
 
 
 def decode(decoder, n: int, max_new_tokens: int, eos_ids: Sequence[int], pad_id: int,

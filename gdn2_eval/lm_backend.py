@@ -36,9 +36,10 @@ from transformers import PreTrainedModel
 
 from .distributed import balanced_call, make_accelerator, single_process
 from .errors import UserError
-from .generation import greedy_generate, pad_batch, prefill
+from .generation import generate_from, greedy_generate, pad_batch, prefill
 from .loading import load_model, load_tokenizer
 from .model import GDN2Config
+from .prefix_tree import TREE_MIN_SAVING, PrefixWalk, default_budget, tree_tokens
 
 PPL_PROTOCOLS = ("rolling", "carry")
 # Recurrent models have no context limit; lm-eval still asks for one (generation budget arithmetic).
@@ -58,9 +59,23 @@ def _share_mode(value: Any) -> bool | str:
     text = str(value).lower()
     if text == "auto":
         return "auto"
-    if text in ("1", "true", "yes", "0", "false", "no"):
-        return text in ("1", "true", "yes")
-    raise UserError(f"share_prefix must be auto, true or false, not {value!r}")
+    if text in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        return text in ("1", "true", "yes", "on")
+    raise UserError(f"share_prefix must be auto, on or off, not {value!r}")
+
+
+_UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "kib": 2**10, "m": 1e6, "mb": 1e6, "mib": 2**20, "g": 1e9, "gb": 1e9,
+          "gib": 2**30, "t": 1e12, "tb": 1e12, "tib": 2**40}
+
+
+def parse_bytes(value: Any) -> int:
+    """A size such as 8GiB, 512MB or 1000000: positive bytes (a one-line error otherwise)."""
+    import re
+
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(value))
+    if not m or m.group(2).lower() not in _UNITS or float(m.group(1)) * _UNITS[m.group(2).lower()] < 1:
+        raise UserError(f"share_budget must be a positive size such as 8GiB or 512MB, not {value!r}")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
 
 
 @register_model("gdn2")
@@ -79,6 +94,7 @@ class GDN2LM(HFLM):
         ppl_protocol: str = "rolling",
         ppl_window: int | None = None,
         share_prefix: bool | str = "auto",
+        share_budget: int | str | None = None,
         gate_ablation: str | None = None,
         kernel: str | None = None,
         impl: str = "auto",
@@ -128,6 +144,10 @@ class GDN2LM(HFLM):
         self.chunk_tokens = int(chunk_tokens)
         self.prefill_tokens = int(prefill_tokens)
         self.share_prefix = _share_mode(share_prefix)
+        self.share_budget = parse_bytes(share_budget) if share_budget is not None else None
+        # tokens of the prompts as given, and tokens actually run through the model (prefix sharing saves the
+        # difference); the runner records both per task
+        self.token_stats = {"prompt_tokens": 0, "prefill_tokens": 0}
         self.ppl_protocol = ppl_protocol
         # Default window of the rolling protocol: the length the model was trained at (lm-eval's standard protocol
         # at the model's training length).
@@ -185,6 +205,9 @@ class GDN2LM(HFLM):
         if not self.recurrent:
             self._check_fits([len(c) + len(x) - 1 for _, c, x in requests], "context plus continuation")
             return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
+        walk = self._context_walk(requests)
+        if walk is not None:
+            return self._score_tree(walk, requests, override_bs or self.batch_size, disable_tqdm)
         groups: dict[Any, list[int]] = defaultdict(list)
         for i, (_, ctx, _) in enumerate(requests):
             groups[tuple(ctx) if self.share_prefix else i].append(i)
@@ -213,9 +236,17 @@ class GDN2LM(HFLM):
     @torch.no_grad()
     def _score(self, batch: list[list[int]], requests) -> dict[int, tuple[float, bool]]:
         """Score a batch of context groups: contexts once, then every continuation from a copy of its state."""
-        model, dev = self.model, self.device
+        model = self.model
         contexts = [requests[unit[0]][1] for unit in batch]
+        self._count(sum(len(requests[i][1]) + len(requests[i][2]) - 1 for unit in batch for i in unit),
+                    sum(len(c) for c in contexts) + sum(len(requests[i][2]) - 1 for unit in batch for i in unit))
         cache, last = prefill(model, contexts, self._pad_id(), self.prefill_tokens)
+        return self._continue(batch, requests, cache, last)
+
+    def _continue(self, batch: list[list[int]], requests, cache, last: torch.Tensor) -> dict[int, tuple[float, bool]]:
+        """Score every continuation of a batch of context groups, `cache` and `last` holding one row per group
+        (the state after its context and the logits of its last token)."""
+        model, dev = self.model, self.device
         last = last.float()
         self._check_finite(last, [requests[u[0]] for u in batch])
         first_lp = F.log_softmax(last, -1)
@@ -249,6 +280,7 @@ class GDN2LM(HFLM):
         model, dev = self.model, self.device
         members = [i for unit in batch for i in unit]
         seqs = [list(requests[i][1]) + list(requests[i][2]) for i in members]
+        self._count(sum(len(q) - 1 for q in seqs), sum(len(q) - 1 for q in seqs))
         inputs, _ = pad_batch([s[:-1] for s in seqs], side="right", pad=self._pad_id(), device=dev)
         targets, _ = pad_batch([s[1:] for s in seqs], side="right", pad=0, device=dev)
         pos = torch.arange(inputs.shape[1], device=dev)
@@ -274,6 +306,49 @@ class GDN2LM(HFLM):
             logprob.index_add_(0, row[:, sl][m], lp.gather(1, tgt[:, None])[:, 0].double())
             wrong.index_add_(0, row[:, sl][m], (lp.argmax(-1) != tgt).long())
         return {i: (float(logprob[r]), bool(wrong[r] == 0)) for r, i in enumerate(members)}
+
+    def _context_walk(self, requests) -> PrefixWalk | None:
+        """The prefix tree over a call's distinct contexts, when sharing is on (or, with `auto`, saves enough)."""
+        if self.share_prefix is False:
+            return None
+        contexts = list(dict.fromkeys(tuple(ctx) for _, ctx, _ in requests))
+        return self._walk([list(c) for c in contexts], sum(len(ctx) for _, ctx, _ in requests))
+
+    @torch.no_grad()
+    def _score_tree(self, walk: PrefixWalk, requests, limit: int, disable_tqdm: bool) -> list[tuple[float, bool]]:
+        """Scoring with each shared context prefix run once: continuations of each context start from its row."""
+        groups: dict[tuple, list[int]] = defaultdict(list)
+        for i, (_, ctx, _) in enumerate(requests):
+            groups[tuple(ctx)].append(i)
+        results: list[tuple[float, bool] | None] = [None] * len(requests)
+        ready: list[tuple[list[list[int]], Any, torch.Tensor]] = []
+
+        def flush():
+            units = [u for us, _, _ in ready for u in us]
+            cache = type(ready[0][1]).cat([c for _, c, _ in ready])
+            last = torch.cat([x for _, _, x in ready])
+            ready.clear()
+            scores = self._continue(units, requests, cache, last)
+            for i, score in scores.items():
+                results[i] = score
+                if requests[i][0] is not None:
+                    self.cache_hook.add_partial("loglikelihood", requests[i][0], score)
+            return len(scores)
+
+        with tqdm(total=len(requests), disable=disable_tqdm or self.rank != 0, desc="loglikelihood") as bar:
+            for done, cache, last in walk:
+                ready.append(([groups[tuple(walk.prompts[j])] for j in done], cache, last))
+                if sum(len(u) for us, _, _ in ready for u in us) >= limit:
+                    bar.update(flush())
+            if ready:
+                bar.update(flush())
+        conts = sum(len(c) - 1 for _, _, c in requests)
+        self._count(sum(len(x) for _, x, _ in requests) + conts, walk.tokens_run + conts)
+        return results
+
+    def _count(self, prompt: int, run: int) -> None:
+        self.token_stats["prompt_tokens"] += prompt
+        self.token_stats["prefill_tokens"] += run
 
     def _pad_id(self) -> int:
         tok = self.tokenizer
@@ -398,13 +473,63 @@ class GDN2LM(HFLM):
             text = self.tok_decode(tokens)
             return any(stop in text for stop in stops)
 
+        text = lambda toks: postprocess_generated_text(generation=self.tok_decode(toks), stop=until,  # noqa: E731
+                                                       think_end_token=None)
+        decode_args = dict(eos_ids=sorted(eos_ids), pad_id=self._pad_id(), finished=finished if stops else None)
+        total = sum(len(p) for p in prompts.values())
+        walk = self._walk([prompts[i] for i in order], total)
+        if walk is not None:
+            yield from self._greedy_tree(walk, order, max_new, decode_args, text)
+            self._count(total, walk.tokens_run)
+            return
+        self._count(total, total)
         for b in range(0, len(order), self.batch_size):
             batch = order[b : b + self.batch_size]
-            outs = greedy_generate(self.model, [prompts[i] for i in batch], max_new, eos_ids=sorted(eos_ids),
-                                   pad_id=self._pad_id(), chunk_tokens=self.prefill_tokens,
-                                   finished=finished if stops else None)
+            outs = greedy_generate(self.model, [prompts[i] for i in batch], max_new, chunk_tokens=self.prefill_tokens,
+                                   **decode_args)
             for i, toks in zip(batch, outs):
-                yield i, postprocess_generated_text(generation=self.tok_decode(toks), stop=until, think_end_token=None)
+                yield i, text(toks)
+
+    def _walk(self, prompts: list[list[int]], total: int) -> PrefixWalk | None:
+        """The prefix tree over `prompts` (of `total` tokens as requested), when sharing is on (or, with `auto`,
+        when it saves enough)."""
+        if self.share_prefix is False or len(prompts) < 2:
+            return None
+        budget = self.share_budget or default_budget(self.model.device)
+        walk = PrefixWalk(self.model, prompts, self._pad_id(), self.prefill_tokens, self.batch_size, budget,
+                          check=_finite_prefill)
+        if self.share_prefix == "auto" and total - tree_tokens(walk.nodes) < TREE_MIN_SAVING:
+            return None
+        return walk
+
+    def _greedy_tree(self, walk: PrefixWalk, order: list[int], max_new: int, decode_args: dict, text):
+        """Decode batches of prompts as the tree walk finishes their prefill (each from its own cache row)."""
+        ready: list[tuple[list[int], Any, torch.Tensor]] = []
+
+        def flush(rows_wanted: int):
+            nonlocal ready
+            members = [order[j] for done, _, _ in ready for j in done]
+            cache = type(ready[0][1]).cat([c for _, c, _ in ready])
+            last = torch.cat([x for _, _, x in ready])
+            ready = []
+            for b in range(0, len(members), rows_wanted):
+                idx = torch.arange(b, min(b + rows_wanted, len(members)), device=last.device)
+                part = cache.rows(idx) if len(members) > rows_wanted else cache
+                outs = generate_from(self.model, part, last[idx], max_new, **decode_args)
+                for i, toks in zip(members[b : b + rows_wanted], outs):
+                    yield i, text(toks)
+
+        for done, cache, last in walk:
+            ready.append((done, cache, last))
+            if sum(len(d) for d, _, _ in ready) >= self.batch_size:
+                yield from flush(self.batch_size)
+        if ready:
+            yield from flush(self.batch_size)
+
+
+def _finite_prefill(last: torch.Tensor) -> None:
+    if not torch.isfinite(last).all():
+        raise NonFiniteLogits("NaN or inf in the logits while prefilling prompts that share a prefix")
 
 
 def _batches(units: list[list[int]], requests, limit: int) -> list[list[list[int]]]:

@@ -266,6 +266,7 @@ def run(spec: RunSpec, progress=None) -> Path:
             unit_manager = managers[key]
         else:
             unit_manager = manager
+        lm.token_stats = {"prompt_tokens": 0, "prefill_tokens": 0}
         try:
             with local_datasets(spec.data_dir):
                 res = lm_eval.simple_evaluate(
@@ -299,6 +300,7 @@ def run(spec: RunSpec, progress=None) -> Path:
                 for t, c in res["configs"].items()
             },
             "configs": res["configs"],
+            "tokens": dict(lm.token_stats),  # prompt tokens, and what prefix sharing left to run (prefill_tokens)
             "finished": datetime.now(timezone.utc).isoformat(),
         }
         for t, samples in res.get("samples", {}).items():
@@ -332,6 +334,8 @@ def _write_run_files(out: Path, spec: RunSpec, model_desc: dict, protocol: dict)
             "seeds": SEEDS,
             "results": results,
             "n_samples": {_result_key(u, t): n for u in units for t, n in u["n_samples"].items()},
+            # per task: tokens of its prompts, and tokens run through the model (fewer where prefixes are shared)
+            "tokens": {_result_key(u, t): u["tokens"] for u in units if u.get("tokens") for t in u["results"]},
         },
     )
     write_summary(out / "summary.csv", rows)

@@ -241,3 +241,63 @@ def test_kernel_compilation_is_announced_and_leaves_the_model_unchanged(lm, caps
     err = capsys.readouterr().err
     assert "compiling the model's GPU kernels" in err and "compiled in" in err
     assert all(torch.equal(a, b) for a, b in zip(before, lm.model.parameters()))
+
+
+@pytest.mark.parametrize("kind", ["recurrent", "hybrid"])
+def test_shared_prefix_generation_equals_unshared_and_counts_the_saving(kind, tmp_path, tokenizer_dir):
+    """`share_prefix=on` runs each prompt prefix once (RULER-like prompts that leave one haystack at different
+    depths), and gives exactly the texts of `off`; a one-byte snapshot budget (nothing kept) gives them again."""
+    from transformers import AutoTokenizer
+
+    out = tmp_path / kind
+    tiny_model(kind, seed=9).save_pretrained(out)
+    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(out)
+    stem = words(120, 40).split()
+    prompts = [" ".join(stem[:d] + words(4, d).split()) for d in (15, 40, 40, 70, 100, 118)] + [words(25, 41)]
+    gen = {"until": ["w5"], "max_gen_toks": 8, "do_sample": False}
+    reqs = [Instance("generate_until", {}, (p, gen), i) for i, p in enumerate(prompts)]
+    texts, stats = {}, {}
+    for mode, budget in (("off", None), ("on", None), ("on", "1")):
+        lm = GDN2LM(str(out), device="cpu", dtype="fp32", batch_size=3, share_prefix=mode, share_budget=budget)
+        texts[mode, budget] = lm.generate_until(reqs)
+        stats[mode, budget] = dict(lm.token_stats)
+    assert texts["on", None] == texts["off", None] == texts["on", "1"]
+    assert stats["off", None]["prefill_tokens"] == stats["off", None]["prompt_tokens"]
+    assert stats["on", None]["prompt_tokens"] == stats["off", None]["prompt_tokens"]
+    assert stats["on", None]["prefill_tokens"] < 0.6 * stats["on", None]["prompt_tokens"]
+
+
+def test_bad_sharing_options_are_one_line_errors(tiny_model_dir):
+    from gdn2_eval.errors import UserError
+
+    with pytest.raises(UserError, match="share_prefix must be auto, on or off"):
+        GDN2LM(str(tiny_model_dir), device="cpu", share_prefix="sometimes")
+    for bad in ("0", "-1GiB", "lots", "1.5XB"):
+        with pytest.raises(UserError, match="share_budget must be a positive size"):
+            GDN2LM(str(tiny_model_dir), device="cpu", share_budget=bad)
+
+
+@pytest.mark.parametrize("kind", ["recurrent", "hybrid"])
+def test_shared_prefix_scoring_equals_unshared_to_float32_rounding(kind, tmp_path, tokenizer_dir):
+    """Few-shot-like contexts that share leading shots, several continuations each: the tree's log-likelihoods
+    and greedy flags equal those of `off`, with fewer tokens run; a one-byte budget gives them again."""
+    from transformers import AutoTokenizer
+
+    out = tmp_path / kind
+    tiny_model(kind, seed=11).save_pretrained(out)
+    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(out)
+    shots = words(90, 50)
+    pairs = [(shots + " " + words(6, q), " " + words(n, q + n)) for q in range(4) for n in (1, 3)]
+    pairs += [(words(12, 60), " " + words(2, 61))]
+    got = {}
+    for mode, budget in (("off", None), ("on", None), ("on", "1")):
+        lm = GDN2LM(str(out), device="cpu", dtype="fp32", batch_size=4, share_prefix=mode, share_budget=budget)
+        got[mode, budget] = (lm.loglikelihood(ll_requests(pairs)), dict(lm.token_stats))
+    want, off_stats = got["off", None]
+    for key in (("on", None), ("on", "1")):
+        scores, _ = got[key]
+        for (lp, greedy), (lp0, greedy0) in zip(scores, want):
+            assert lp == pytest.approx(lp0, rel=1e-5, abs=1e-4) and greedy == greedy0
+    on_stats = got["on", None][1]
+    assert on_stats["prompt_tokens"] == off_stats["prompt_tokens"]
+    assert on_stats["prefill_tokens"] < 0.5 * off_stats["prefill_tokens"]

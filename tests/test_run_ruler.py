@@ -127,3 +127,48 @@ def test_a_ruler_grid_builds_the_task_index_once(ruler_model, tmp_path, monkeypa
     for length in (1024, 2048):
         docs = [json.loads(line)["doc"] for line in (out / "samples" / f"niah_single_1@{length}.jsonl").open()]
         assert [d["max_length"] for d in docs] == [length, length]
+
+
+
+def test_prefix_sharing_gives_every_ruler_task_the_same_predictions(ruler_model):
+    """Real RULER prompts of every `ruler-full` task at 1K and 2K through the backend: `share_prefix` on and off
+    give the same prediction for every sample, with fewer tokens prefilled; a one-byte snapshot budget (nothing
+    kept, every prompt from its start) gives them again."""
+    from lm_eval.api.instance import Instance
+
+    from gdn2_eval.lm_backend import GDN2LM
+    from gdn2_eval.ruler import generate_samples
+
+    lms = {key: GDN2LM(str(ruler_model), device="cpu", dtype="fp32", batch_size=3, share_prefix=mode,
+                       share_budget=budget)
+           for key, (mode, budget) in {"off": ("off", None), "on": ("on", None), "tiny": ("on", "1")}.items()}
+    gen = {"until": [], "max_gen_toks": 4, "do_sample": False}
+    saved = {}
+    for task in TASKS:
+        for length in (1024, 2048):
+            docs = generate_samples(task, length, 4, lms["off"].tokenizer, tokens_to_generate=4)
+            reqs = [Instance("generate_until", d, (d["input"], gen), i) for i, d in enumerate(docs)]
+            out = {}
+            for key, lm in lms.items():
+                lm.token_stats = {"prompt_tokens": 0, "prefill_tokens": 0}
+                out[key] = lm.generate_until(reqs)
+            assert out["on"] == out["off"] == out["tiny"], (task, length)
+            stats = lms["on"].token_stats
+            saved[task, length] = 1 - stats["prefill_tokens"] / stats["prompt_tokens"]
+            assert lms["off"].token_stats["prefill_tokens"] == stats["prompt_tokens"]
+    assert all(v > 0 for v in saved.values())  # every cell's samples share at least their instruction
+    assert min(saved["niah_single_1", n] for n in (1024, 2048)) > 0.1  # one noise haystack, needles at depths
+
+
+def test_a_run_records_and_reports_the_tokens_sharing_saved(ruler_model, tmp_path):
+    runs = {}
+    for mode in ("off", "on"):
+        res = cli("run", "--model", ruler_model, "--tasks", "niah_single_1", "--lengths", "1k", "--samples", "4",
+                  "--device", "cpu", "--batch-size", "2", "--share-prefix", mode, "--out", tmp_path / mode)
+        assert res.exit_code == 0, res.output
+        runs[mode] = (json.loads((tmp_path / mode / "results.json").read_text()), res.output)
+    on, off = runs["on"][0]["tokens"]["niah_single_1@1024"], runs["off"][0]["tokens"]["niah_single_1@1024"]
+    assert on["prompt_tokens"] == off["prompt_tokens"] == off["prefill_tokens"] > on["prefill_tokens"]
+    assert runs["on"][0]["results"] == runs["off"][0]["results"]
+    assert "saved by sharing prefixes" in " ".join(runs["on"][1].split())
+    assert runs["on"][0]["protocol"]["share_prefix"] is True and runs["off"][0]["protocol"]["share_prefix"] is False

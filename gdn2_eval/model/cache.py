@@ -66,6 +66,31 @@ class GDN2Cache:
         new._map(lambda t: t.clone())
         return new
 
+    def rows(self, indices: torch.Tensor) -> GDN2Cache:
+        """A new cache holding copies of the given rows (this one unchanged): a snapshot of a shared prefix."""
+        new = self.view()
+        new.batch_select_indices(indices)
+        return new
+
+    @staticmethod
+    def cat(caches: list[GDN2Cache]) -> GDN2Cache:
+        """The rows of several caches (same model) as one batch. Window caches of different widths are padded on
+        the left first, where each row's attention masks them anyway (`widen_windows`)."""
+        first = caches[0]
+        width = max((c.layers[i][k].shape[1] for c in caches for i in range(len(first.layers)) for k in ("k",)
+                     if isinstance(c.layers[i].get(k), torch.Tensor)), default=0)
+        for c in caches:
+            c.widen_windows(width)
+        new = GDN2Cache(len(first.layers), 0, first.seq_lens.device)
+        for i, layer in enumerate(new.layers):
+            for key, value in first.layers[i].items():
+                parts = [_flat(c.layers[i][key]) for c in caches]
+                joined = tuple(torch.cat(ts) for ts in zip(*parts))
+                layer[key] = joined if isinstance(value, tuple) else joined[0]
+        new.seq_lens = torch.cat([c.seq_lens for c in caches])
+        new.seen_columns = max(c.seen_columns for c in caches)
+        return new
+
     def view(self) -> GDN2Cache:
         """A cache over the same tensors (a forward through it replaces its entries, not these tensors)."""
         new = GDN2Cache(len(self.layers), 0, self.seq_lens.device)

@@ -1,0 +1,198 @@
+"""Prefill each shared prefix once: an exact prefix tree over one call's prompts, with state snapshots at its branches.
+
+A recurrent model's whole memory of a prefix is one fixed-size cache row, so prompts that share a prefix (RULER
+samples share their instruction and the haystack up to the first needle; few-shot prompts share their shots) need
+that prefix run once: every prompt below a branch point starts from a copy of the cache there. Nothing is
+re-tokenised: the tree is built over the token ids the requests already have.
+
+* `build_tree` makes the radix tree of the prompts (nodes where prompts diverge or end);
+* `PrefixWalk` runs its edges through the model, many edges per packed forward, keeps a snapshot of each branch
+  node until its children have started from it, and hands each prompt's final cache row and last logits to the
+  caller. Snapshots live within a budget in bytes: when it is full the oldest are dropped and the prompts below
+  them run from the nearest kept ancestor (or from the start), which gives the same result with more tokens.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from .generation import prefill
+
+# share_prefix="auto" uses the tree for a call only when it saves at least this many prompt tokens
+TREE_MIN_SAVING = 4096
+
+
+@dataclass
+class Node:
+    depth: int  # tokens from the start of the prompt to this node
+    parent: int | None
+    rep: int  # a prompt through this node (its tokens up to `depth` are the node's prefix)
+    children: list[int] = field(default_factory=list)
+    ends: list[int] = field(default_factory=list)  # prompts that end exactly here
+
+
+def _lcp(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def build_tree(prompts: Sequence[Sequence[int]]) -> list[Node]:
+    """The radix tree of `prompts`: node 0 is the empty prefix; every other node is where prompts part or one ends.
+    Built from the prompts in sorted order and their neighbours' common prefixes, so in O(total tokens)."""
+    nodes = [Node(depth=0, parent=None, rep=-1)]
+    stack, prev = [0], None
+    for i in sorted(range(len(prompts)), key=lambda j: list(prompts[j])):
+        p = prompts[i]
+        shared = _lcp(prompts[prev], p) if prev is not None else 0
+        popped = None
+        while nodes[stack[-1]].depth > shared:
+            popped = stack.pop()
+        top = stack[-1]
+        if nodes[top].depth < shared:  # split the edge to `popped` at the common prefix
+            nodes.append(Node(depth=shared, parent=top, rep=nodes[popped].rep, children=[popped]))
+            mid = len(nodes) - 1
+            nodes[top].children[nodes[top].children.index(popped)] = mid
+            nodes[popped].parent = mid
+            stack.append(mid)
+            top = mid
+        if len(p) == shared:
+            nodes[top].ends.append(i)
+        else:
+            nodes.append(Node(depth=len(p), parent=top, rep=i, ends=[i]))
+            nodes[top].children.append(len(nodes) - 1)
+            stack.append(len(nodes) - 1)
+        prev = i
+    return nodes
+
+
+def _preorder(nodes: list[Node]) -> list[int]:
+    """Each node's rank in a depth-first walk (children are in prompt order, as `build_tree` appends them)."""
+    rank, stack = [0] * len(nodes), [0]
+    k = 0
+    while stack:
+        n = stack.pop()
+        rank[n], k = k, k + 1
+        stack.extend(reversed(nodes[n].children))
+    return rank
+
+
+def tree_tokens(nodes: list[Node]) -> int:
+    """Tokens a walk of the tree runs through the model when no snapshot is dropped: every edge once."""
+    return sum(n.depth - nodes[n.parent].depth for n in nodes[1:])
+
+
+def default_budget(device: torch.device) -> int:
+    """Bytes for snapshots: half the free memory of the GPU, or a quarter of the machine's RAM."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0] // 2
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+    except (ValueError, OSError, AttributeError):
+        return 4 << 30
+
+
+class PrefixWalk:
+    """Runs the tree of `prompts` through `model` (one with `new_cache` and a `GDN2Cache`-like cache) and yields,
+    for batches of prompts, `(prompt indices, cache of their rows, last logits [rows, vocab])`, each prompt exactly
+    as if it had been prefilled alone. `tokens_run` counts the tokens that went through the model."""
+
+    def __init__(self, model, prompts: Sequence[Sequence[int]], pad_id: int, chunk_tokens: int, batch_rows: int,
+                 budget_bytes: int, check: Callable[[torch.Tensor], None] | None = None) -> None:
+        self.model, self.prompts, self.pad_id = model, prompts, pad_id
+        self.chunk_tokens, self.batch_rows, self.budget = chunk_tokens, max(1, batch_rows), budget_bytes
+        self.check = check
+        self.nodes = build_tree(prompts)
+        self.order = _preorder(self.nodes)
+        self.tokens_run = 0
+        self.snapshots: dict[int, object] = {}  # node -> 1-row cache after its prefix
+        self.snap_order: list[int] = []  # oldest first, for dropping
+        self.row_bytes: int | None = None
+        self.dropped = 0  # snapshots evicted or never kept for want of room
+
+    def _start(self, node: int) -> tuple[int, object | None]:
+        """The nearest ancestor of `node` with a snapshot (or the root, 0) and that snapshot."""
+        a = self.nodes[node].parent
+        while a and a not in self.snapshots:
+            a = self.nodes[a].parent
+        return a, self.snapshots.get(a) if a else None
+
+    def _keep(self, node: int, snap) -> None:
+        self.row_bytes = max(self.row_bytes or 1, snap.nbytes())
+        while self.snapshots and (len(self.snapshots) + 1) * self.row_bytes > self.budget:
+            del self.snapshots[self.snap_order.pop(0)]  # its prompts start further up: more tokens, same result
+            self.dropped += 1
+        if self.row_bytes <= self.budget:
+            self.snapshots[node] = snap
+            self.snap_order.append(node)
+        else:
+            self.dropped += 1  # larger than the whole budget: not kept
+
+    def _release(self, node: int) -> None:
+        if node in self.snapshots:
+            del self.snapshots[node]
+            self.snap_order.remove(node)
+
+    def _run(self, batch: list[int]) -> tuple[object, torch.Tensor]:
+        """The edges of `batch` (nodes) in one chunked prefill, each row from its start's snapshot."""
+        starts = [self._start(n) for n in batch]
+        segs = [self.prompts[self.nodes[n].rep][self.nodes[a].depth : self.nodes[n].depth]
+                for n, (a, _) in zip(batch, starts)]
+        self.tokens_run += sum(len(s) for s in segs)
+        snaps = [snap for _, snap in starts]
+        cache = None if snaps[0] is None else type(snaps[0]).cat(snaps)  # `_batches` never mixes the two
+        cache, last = prefill(self.model, segs, self.pad_id, self.chunk_tokens, cache=cache)
+        if self.check is not None:
+            self.check(last)
+        return cache, last
+
+    def _batches(self, frontier: list[int]) -> Iterator[list[int]]:
+        """Up to `batch_rows` nodes at a time, in prompt order (so a subtree finishes, and frees its snapshots,
+        before the next starts); rows from the root and rows from snapshots run in separate forwards."""
+        while frontier:
+            frontier.sort(key=self.order.__getitem__)
+            from_root = self._start(frontier[0])[1] is None
+            batch = [n for n in frontier if (self._start(n)[1] is None) == from_root][: self.batch_rows]
+            for n in batch:
+                frontier.remove(n)
+            yield batch
+
+    def __iter__(self) -> Iterator[tuple[list[int], object, torch.Tensor]]:
+        frontier = list(self.nodes[0].children)
+        pending = {n: len(self.nodes[n].children) for n in range(len(self.nodes))}  # children not yet started
+        if self.row_bytes is None:  # what one snapshot costs, from a one-token prefill (windows grow; see _keep)
+            first = self.prompts[self.nodes[self.nodes[0].children[0]].rep][:1] if self.nodes[0].children else []
+            self.row_bytes = prefill(self.model, [first], self.pad_id, 1)[0].nbytes() if first else 1
+        for batch in self._batches(frontier):
+            if self.row_bytes > self.budget:  # no snapshot fits: inner nodes are not worth running on their own
+                inner = [n for n in batch if not self.nodes[n].ends]
+                for n in inner:
+                    batch.remove(n)
+                    frontier.extend(self.nodes[n].children)
+                    pending[self.nodes[n].parent] -= 1
+                if not batch:
+                    continue
+            cache, last = self._run(batch)
+            for n in batch:  # a parent's snapshot is no longer needed once all its children have started from it
+                parent = self.nodes[n].parent
+                pending[parent] -= 1
+                if parent and pending[parent] == 0:
+                    self._release(parent)
+            done, rows = [], []
+            for r, n in enumerate(batch):
+                node = self.nodes[n]
+                if node.children:
+                    self._keep(n, cache.rows(torch.tensor([r], device=last.device)))
+                    frontier.extend(node.children)
+                for i in node.ends:  # identical prompts share the row
+                    done.append(i)
+                    rows.append(r)
+            if done:
+                idx = torch.tensor(rows, device=last.device)
+                yield done, cache.rows(idx), last[idx]
