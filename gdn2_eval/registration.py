@@ -1,0 +1,102 @@
+"""Registration of the ``gdn2`` model type with transformers' Auto classes and of the ``gdn2`` backend with lm-eval.
+
+`import gdn2_eval` imports neither torch, transformers nor lm-eval. It installs import hooks instead: when
+transformers' Auto modules or lm-eval's model registry are first imported (by anyone), the registration runs right
+after them, so `AutoModelForCausalLM.from_pretrained(gdn2_dir)` and `lm_eval.simple_evaluate(model="gdn2", ...)`
+work after `import gdn2_eval` as before. If those modules are imported already, it runs at once.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.machinery
+import sys
+import threading
+
+
+def register_config() -> None:
+    from transformers import AutoConfig
+
+    from .model.configuration_gdn2 import GDN2Config
+
+    AutoConfig.register("gdn2", GDN2Config, exist_ok=True)
+
+
+def register_model() -> None:
+    from transformers import AutoModelForCausalLM
+
+    from .model.configuration_gdn2 import GDN2Config
+    from .model.modeling_gdn2 import GDN2ForCausalLM
+
+    register_config()
+    AutoModelForCausalLM.register(GDN2Config, GDN2ForCausalLM, exist_ok=True)
+
+
+def register_backend() -> None:
+    """The ``gdn2`` backend as a lazy entry of lm-eval's model registry (`gdn2_eval.lm_backend` loads on first use).
+
+    Called once lm-eval's built-in models are registered: an entry in an empty registry would stop lm-eval from
+    loading its own."""
+    from lm_eval.api.registry import model_registry
+
+    try:
+        model_registry.register("gdn2", target="gdn2_eval.lm_backend:GDN2LM")
+    except ValueError:  # already registered (the class itself, once lm_backend is imported)
+        pass
+
+
+# module -> what runs right after it is imported
+HOOKS = {
+    "transformers.models.auto.configuration_auto": register_config,
+    "transformers.models.auto.modeling_auto": register_model,
+    "lm_eval.models": register_backend,
+}
+
+
+class _Loader(importlib.abc.Loader):
+    def __init__(self, loader, hook) -> None:
+        self.loader, self.hook = loader, hook
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module) -> None:
+        self.loader.exec_module(module)
+        self.hook()
+
+    def __getattr__(self, name):  # get_resource_reader, is_package, ... of the real loader
+        return getattr(self.loader, name)
+
+
+class _AfterImport(importlib.abc.MetaPathFinder):
+    def __init__(self) -> None:
+        self._busy = threading.local()
+
+    def find_spec(self, name, path, target=None):
+        hook = HOOKS.get(name)
+        if hook is None or getattr(self._busy, "name", None) == name:
+            return None
+        self._busy.name = name
+        try:
+            spec = importlib.machinery.PathFinder.find_spec(name, path, target)
+        finally:
+            self._busy.name = None
+        if spec is None or spec.loader is None:
+            return spec
+        spec.loader = _Loader(spec.loader, hook)
+        return spec
+
+
+_FINDER = _AfterImport()
+
+
+def install() -> None:
+    """Register now with what is imported, and on import for the rest."""
+    pending = False
+    for name, hook in HOOKS.items():
+        if name in sys.modules:
+            hook()
+        else:
+            pending = True
+    if pending and _FINDER not in sys.meta_path:
+        sys.meta_path.insert(0, _FINDER)
