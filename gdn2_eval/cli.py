@@ -402,7 +402,7 @@ def data_fetch(
     from .data import save_local_copy
     from .runner import check_tasks, task_manager
 
-    manager = task_manager(tasks_dir)
+    manager = task_manager(tasks_dir, tasks=names)
     check_tasks(names, manager)
     from lm_eval.api.task import Task
     from lm_eval.tasks import get_task_dict
@@ -768,7 +768,7 @@ def tasks_list(
     if tasks_dir is not None:
         from .runner import task_manager
 
-        manager = task_manager(tasks_dir)
+        manager = task_manager(tasks_dir, tasks=[])
         for name in sorted(manager.all_tasks):
             path = str(getattr(manager.task_index.get(name), "yaml_path", "") or "")
             if path.startswith(str(tasks_dir.resolve())) or path.startswith(str(tasks_dir)):
