@@ -8,18 +8,22 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 from rich.console import Console
 from rich.table import Table
 from typer.core import TyperGroup
+
+try:  # typer vendors click from 0.2x on; its command classes raise that copy's exceptions
+    from typer import _click as click
+except ImportError:  # pragma: no cover - older typer on click itself
+    import click
 
 from . import checks
 from .demo.recipe import DemoRecipe
 from .errors import UserError
 
 
-class _OneLineUsageError(click.ClickException):
+class _OneLineUsageError(click.exceptions.ClickException):
     """A usage error (bad type, missing option, unknown option) printed as one line, exit code 2."""
 
     exit_code = 2
@@ -32,7 +36,7 @@ class _Commands(TyperGroup):
     """The command group: usage errors of every command become one line (`error: ...`), like every other error."""
 
     @staticmethod
-    def _one_line(e: click.UsageError) -> click.ClickException:
+    def _one_line(e: click.exceptions.UsageError) -> click.exceptions.ClickException:
         if isinstance(e, click.exceptions.NoArgsIsHelpError):
             return e
         where = f"{e.ctx.command_path}: " if e.ctx is not None and e.ctx.command_path else ""
@@ -42,13 +46,13 @@ class _Commands(TyperGroup):
     def make_context(self, *args, **kwargs):
         try:
             return super().make_context(*args, **kwargs)
-        except click.UsageError as e:
+        except click.exceptions.UsageError as e:
             raise self._one_line(e) from None
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except click.UsageError as e:
+        except click.exceptions.UsageError as e:
             raise self._one_line(e) from None
 
 
