@@ -14,21 +14,13 @@ import sys
 import threading
 
 
-def register_config() -> None:
-    from transformers import AutoConfig
-
-    from .model.configuration_gdn2 import GDN2Config
-
-    AutoConfig.register("gdn2", GDN2Config, exist_ok=True)
-
-
 def register_model() -> None:
-    from transformers import AutoModelForCausalLM
+    from transformers.models.auto import AutoConfig, AutoModelForCausalLM
 
     from .model.configuration_gdn2 import GDN2Config
     from .model.modeling_gdn2 import GDN2ForCausalLM
 
-    register_config()
+    AutoConfig.register("gdn2", GDN2Config, exist_ok=True)
     AutoModelForCausalLM.register(GDN2Config, GDN2ForCausalLM, exist_ok=True)
 
 
@@ -47,8 +39,7 @@ def register_backend() -> None:
 
 # module -> what runs right after it is imported
 HOOKS = {
-    "transformers.models.auto.configuration_auto": register_config,
-    "transformers.models.auto.modeling_auto": register_model,
+    "transformers.models.auto": register_model,  # a lazy package: its Auto classes load on first access, after it
     "lm_eval.models": register_backend,
 }
 
