@@ -8,6 +8,7 @@ work after `import gdn2_eval` as before. If those modules are imported already, 
 
 from __future__ import annotations
 
+import importlib
 import importlib.abc
 import importlib.machinery
 import sys
@@ -37,9 +38,29 @@ def register_backend() -> None:
         pass
 
 
+def _initializing(module) -> bool:
+    return bool(getattr(getattr(module, "__spec__", None), "_initializing", False))
+
+
+def _after_transformers(loaded: str) -> None:
+    """Register the model once it can be imported without a cycle: transformers imports its Auto package while its
+    own modeling module (which ours needs) is still being imported, so then the registration waits for that."""
+    ours = sys.modules.get("gdn2_eval.model")
+    if ours is not None:
+        if not _initializing(ours):  # else its __init__ registers when it is done
+            register_model()
+        return
+    if loaded != "transformers.modeling_utils" and any(
+            name.startswith("transformers.") and name != loaded and _initializing(mod)
+            for name, mod in list(sys.modules.items())):
+        return  # transformers is part-way through an import: the hook on its modeling module registers
+    importlib.import_module("gdn2_eval.model")  # registers at the end of its __init__
+
+
 # module -> what runs right after it is imported
 HOOKS = {
-    "transformers.models.auto": register_model,  # a lazy package: its Auto classes load on first access, after it
+    "transformers.models.auto": lambda: _after_transformers("transformers.models.auto"),
+    "transformers.modeling_utils": lambda: _after_transformers("transformers.modeling_utils"),
     "lm_eval.models": register_backend,
 }
 
@@ -86,7 +107,8 @@ def install() -> None:
     pending = False
     for name, hook in HOOKS.items():
         if name in sys.modules:
-            hook()
+            if not _initializing(sys.modules[name]):
+                hook()
         else:
             pending = True
     if pending and _FINDER not in sys.meta_path:
