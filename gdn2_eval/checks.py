@@ -30,10 +30,12 @@ def positive(option: str, value: float | None) -> None:
         raise UserError(f"{option} must be greater than 0, got {value}")
 
 
-def choice(option: str, value: str | None, choices: Iterable[str]) -> str | None:
+def choice(option: str, value: str | None, choices: Iterable[str], what: str | None = None) -> str | None:
+    """`value` one of `choices`; else "unknown WHAT 'value' (--option); choose one of: ..."."""
     choices = tuple(choices)
     if value is not None and value not in choices:
-        raise UserError(f"{option} {value!r} is not one of: {', '.join(choices)}")
+        what = what or option.lstrip("-").replace("-", " ")
+        raise UserError(f"unknown {what} {value!r} ({option}); choose one of: {', '.join(choices)}")
     return value
 
 
@@ -54,10 +56,10 @@ def existing_dir(option: str, path: Path | None) -> None:
         raise UserError(f"{option} {path}: {what}")
 
 
-def existing_paths(option: str, paths: Iterable[Path] | None) -> None:
+def existing_paths(option: str, paths: Iterable[Path] | None, what: str = "file or directory") -> None:
     for path in paths or ():
         if not Path(path).exists():
-            raise UserError(f"{option} {path}: no such file or directory")
+            raise UserError(f"{path}: no such {what} ({option})")
 
 
 def writable_file(option: str, path: Path | None) -> None:

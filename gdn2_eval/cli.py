@@ -446,7 +446,7 @@ def table(
     checks.table_number(table)  # an unknown table number fails before anything is read
     checks.choice("--baselines", baselines, checks.BASELINES)
     checks.choice("--format", format, ("md", "latex", "csv"))
-    checks.existing_paths("RUN_DIRS", run_dirs)
+    checks.existing_paths("RUN_DIRS", run_dirs, "run directory")
     checks.writable_file("--out", out)
     from .results import load
     from .tables import build, render
@@ -483,11 +483,11 @@ def plot(
 ) -> None:
     """Draw a figure as PNG and PDF: RULER accuracy against context length, accuracy by needle depth and length,
     common-sense accuracies, or throughput and memory against context length."""
-    checks.choice("--kind", kind, ("niah-length", "niah-depth", "commonsense", "throughput"))
+    checks.choice("--kind", kind, ("niah-length", "niah-depth", "commonsense", "throughput"), "plot kind")
     checks.choice("--baselines", baselines, checks.BASELINES)
     for f in family or ():
         checks.choice("--family", f, checks.FAMILIES)
-    checks.existing_paths("RUN_DIRS", run_dirs)
+    checks.existing_paths("RUN_DIRS", run_dirs, "run directory")
     checks.existing_paths("--bench", bench)
     checks.writable_file("--out", out)
     if kind == "niah-depth" and not run_dirs:
@@ -528,7 +528,7 @@ def paper(
 ) -> None:
     """Regenerate the paper's Tables 2-5 (Markdown, LaTeX, CSV) and the figures the results support, from the
     reported numbers plus any runs given. With no runs the tables are the paper's, value for value."""
-    checks.existing_paths("RUN_DIRS", run_dirs)
+    checks.existing_paths("RUN_DIRS", run_dirs, "run directory")
     checks.existing_paths("--bench", bench)
     checks.writable_dir("--out", out)
     from .results import load, niah_samples
@@ -607,8 +607,6 @@ def train_demo(
     checks.at_least("--seed", seed, 0)
     checks.at_least("--eval-samples", eval_samples, 0)
     checks.device(device)
-    if evaluate and not (out / "config.json").is_file():
-        raise UserError(f"--evaluate: {out} holds no trained model (no config.json)")
     from .demo.train import evaluate_demo, train_all
     from .demo.train import train_demo as train
     from .ruler import parse_lengths

@@ -140,7 +140,10 @@ def resolve_name(name: str | Path, kind: str = "model", download: bool = False) 
     if path.exists():
         return str(path)
     if not looks_like_repo_id(text):
-        raise NameNotFound(f"{kind} {text}: no such file or directory (neither a checkpoint file nor a directory)")
+        if kind == "tokenizer":
+            raise NameNotFound(f"no tokenizer could be loaded from {text}: no such file or directory")
+        raise NameNotFound(f"{kind} path {text} is neither a checkpoint file nor a directory (no such file or "
+                           "directory)")
     snapshot = cached_snapshot(text)
     if snapshot is not None:
         return str(snapshot)

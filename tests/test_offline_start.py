@@ -133,7 +133,7 @@ def _bad_cases(tmp: Path) -> list[tuple[list[str], str]]:
     gen = ["tasks", "generate", "niah_single_1", "--length", "1k", "--tokenizer", "demo", "--out", tmp / "s.jsonl"]
     cases = [
         (["run", "--model", "nosuch/model", *run[3:]], "cannot be reached"),
-        (["run", "--model", missing, *run[3:]], "no such file or directory"),
+        (["run", "--model", missing, *run[3:]], "neither a checkpoint file nor a directory"),
         (["run", "--model", "demo", "--suite", "everything", "--out", out], "unknown suite"),
         (["run", "--model", "demo", "--tasks", ",", "--out", out], "names no task"),
         (["run", "--model", "demo", "--suite", "ruler", "--tasks", "niah_single_1"], "exactly one of"),
@@ -181,19 +181,19 @@ def _bad_cases(tmp: Path) -> list[tuple[list[str], str]]:
         (["table", "--table", "9"], "there is no table 9"),
         (["table", "--baselines", "all"], "--baselines"),
         (["table", "--format", "docx"], "--format"),
-        (["table", missing], "no such file"),
+        (["table", missing], "no such run directory"),
         (["table", "--out", a_dir], "is a directory"),
         (["plot", "--kind", "pie"], "--kind"),
         (["plot", "--baselines", "all"], "--baselines"),
         (["plot", "--family", "transformer"], "--family"),
-        (["plot", missing], "no such file"),
+        (["plot", missing], "no such run directory"),
         (["plot", "--kind", "throughput", "--bench", missing], "--bench"),
         (["plot", "--out", a_dir], "is a directory"),
         (["plot", "--kind", "niah-depth", "--out", out], "give run directories"),
-        (["paper", missing, "--out", out], "no such file"),
+        (["paper", missing, "--out", out], "no such run directory"),
         (["paper", "--out", a_file], "is a file"),
         (["info", "nosuch/model"], "cannot be reached"),
-        (["info", missing], "no such file or directory"),
+        (["info", missing], "neither a checkpoint file nor a directory"),
         (["info", "gdn2_1.3B", "--device", "gpu"], "not a device"),
         (["info", a_file, "--arch", "gdn2_7B"], "unknown preset"),
         (["bench", "kernels", "--shapes", "1x", "--out", out], "--shapes"),
@@ -219,7 +219,7 @@ def _bad_cases(tmp: Path) -> list[tuple[list[str], str]]:
         (["train-demo", "--out", out, "--lengths", "1q"], "--lengths"),
         (["train-demo", "--out", out, "--max-minutes", "0"], "--max-minutes"),
         (["train-demo", "--out", out, "--device", "gpu"], "not a device"),
-        (["train-demo", "--out", out, "--evaluate"], "holds no trained model"),
+        (["train-demo", "--out", out, "--evaluate"], "holds no finished demo training"),
     ]
     if NO_CUDA:
         cases += [
@@ -307,7 +307,8 @@ LIGHT = "import sys; from gdn2_eval.cli import app; sys.argv = ['gdn2-eval', *sy
         "print('HEAVY', sorted(m for m in ('torch', 'transformers', 'lm_eval') if m in sys.modules))"
 
 
-@pytest.mark.parametrize("args", [["--help"], ["run", "--help"], ["tasks", "list"], ["table", "--table", "3"]])
+@pytest.mark.parametrize("args", [["--help"], ["run", "--help"], ["tasks", "list"], ["table", "--table", "3"],
+                                  ["plot", "--kind", "throughput", "--out", "fig"], ["paper", "--out", "paper"]])
 def test_light_commands_import_neither_torch_nor_transformers(args, tmp_path):
     res = subprocess.run([sys.executable, "-c", LIGHT, *args], cwd=tmp_path, env=_env(), capture_output=True,
                          text=True, timeout=120)
