@@ -336,3 +336,28 @@ def test_startup_timings(tmp_path):
     assert res.returncode == 0, res.stderr
     print(f"gdn2-eval --help: {help_s:.2f} s; one-sample run: {run_s:.2f} s")
     assert run_s < 60, run_s
+
+
+def test_data_dir_run_makes_no_network_request(tiny_model_dir, tmp_path, monkeypatch):
+    """With --data-dir the Hugging Face libraries are offline for the run: not one connection is attempted."""
+    from conftest import write_user_tasks
+
+    attempts = []
+    blocked = socket.socket.connect  # the autouse fixture's blocker
+
+    def record(self, address):
+        if self.family in (socket.AF_INET, socket.AF_INET6) and address[0] not in ("127.0.0.1", "::1"):
+            attempts.append(address)
+        return blocked(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", record)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "manifest.json").write_text("{}")
+    tasks = write_user_tasks(tmp_path / "t", n_mc=4)
+    res = cli("run", "--model", tiny_model_dir, "--tasks", "tiny_mc", "--tasks-dir", tasks, "--data-dir", data,
+              "--device", "cpu", "--out", tmp_path / "run")
+    assert res.exit_code == 0, res.output
+    assert attempts == []
+    assert os.environ.get("HF_HUB_OFFLINE") is None  # restored after the run
