@@ -144,6 +144,8 @@ def length(option: str, value: str) -> int:
 
 
 def gate_ablation(value: str | None) -> str | None:
+    if value is None:
+        return None
     from .model.configuration_gdn2 import GATE_ABLATIONS
 
     return choice("--gate-ablation", value, GATE_ABLATIONS)
@@ -151,6 +153,8 @@ def gate_ablation(value: str | None) -> str | None:
 
 def kernel(value: str | None, device_name: str | None = None) -> str | None:
     """One of the kernel names, and one that runs on `device_name` (fla and triton need CUDA)."""
+    if value is None:
+        return None
     from .kernels.dispatch import BACKENDS, resolve_backend
 
     choice("--kernel", value, BACKENDS)

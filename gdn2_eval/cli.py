@@ -98,12 +98,12 @@ def convert(
     from .names import check_name
 
     checks.existing_file("CHECKPOINT", checkpoint)
+    check_name(tokenizer, "tokenizer")
     checks.arch(arch)
     checks.choice("--dtype", dtype, checks.CONVERT_DTYPES)
     checks.writable_dir("--out", out)
     if out.exists() and not force:
         raise UserError(f"output directory {out} exists; pass --force to replace it")
-    check_name(tokenizer, "tokenizer")
     from .loading import convert_checkpoint
 
     path = convert_checkpoint(checkpoint, arch, out, tokenizer=tokenizer, dtype=dtype, force=force)
@@ -120,6 +120,10 @@ def info(
     device: Annotated[str, typer.Option(help="Device the kernel choice is made for: auto, cpu, cuda.")] = "auto",
 ) -> None:
     """Print a GDN-2 model's layout, parameter counts, recurrent state size and the kernel path it would use."""
+    if "/" in model and not Path(model).exists():  # a hub name (presets have no slash): resolved before any import
+        from .names import check_name
+
+        check_name(model, "model")
     checks.arch(arch)
     checks.device(device)
     from .info import config_for, summarise
@@ -241,35 +245,35 @@ def run(
         suite, task_list = "ruler-jsonl", ["ruler_jsonl"]
     else:
         task_list = _task_names(suite, tasks)
-    checks.arch(arch)
-    checks.existing_dir("--tasks-dir", tasks_dir)
-    checks.at_least("--limit", limit, 1)
-    batch_size = checks.batch_size(batch_size)
-    device = checks.device(device)
-    checks.choice("--dtype", dtype, checks.RUN_DTYPES)
-    checks.existing_dir("--data-dir", data_dir)
-    checks.writable_dir("--out", out)
-    checks.not_empty("--name", name)
-    checks.choice("--ppl-protocol", ppl_protocol, checks.PPL_PROTOCOLS)
-    checks.at_least("--ppl-window", ppl_window, 1)
-    checks.at_least("--chunk-tokens", chunk_tokens, 1)
-    checks.at_least("--prefill-tokens", prefill_tokens, 1)
-    checks.gate_ablation(gate_ablation)
-    checks.kernel(kernel, device)
-    impl = checks.choice("--impl", (impl or "auto").lower(), checks.IMPLS)
-    parsed_lengths = checks.lengths("--lengths", lengths)
-    checks.at_least("--samples", samples, 1)
-    checks.at_least("--seed", seed, 0)
-    checks.existing_file("--haystack", haystack)
-    checks.at_least("--num-gpus", num_gpus, 1)
-    if arch is not None and Path(model).is_dir():
-        raise UserError(f"--arch is for a checkpoint file; {model} is a directory (its config.json is used)")
     with offline(data_dir is not None):  # a run on a local data copy makes no network request
         resolved = resolve_name(model, "model")
         if name is None and resolved != model and not Path(model).exists():
             name = Path(model).stem  # a demo or a cached hub model: labelled by the name given, not its snapshot
         if tokenizer is not None:
             tokenizer = resolve_name(tokenizer, "tokenizer")
+        checks.arch(arch)
+        checks.existing_dir("--tasks-dir", tasks_dir)
+        checks.at_least("--limit", limit, 1)
+        batch_size = checks.batch_size(batch_size)
+        device = checks.device(device)
+        checks.choice("--dtype", dtype, checks.RUN_DTYPES)
+        checks.existing_dir("--data-dir", data_dir)
+        checks.writable_dir("--out", out)
+        checks.not_empty("--name", name)
+        checks.choice("--ppl-protocol", ppl_protocol, checks.PPL_PROTOCOLS)
+        checks.at_least("--ppl-window", ppl_window, 1)
+        checks.at_least("--chunk-tokens", chunk_tokens, 1)
+        checks.at_least("--prefill-tokens", prefill_tokens, 1)
+        checks.gate_ablation(gate_ablation)
+        checks.kernel(kernel, device)
+        impl = checks.choice("--impl", (impl or "auto").lower(), checks.IMPLS)
+        parsed_lengths = checks.lengths("--lengths", lengths)
+        checks.at_least("--samples", samples, 1)
+        checks.at_least("--seed", seed, 0)
+        checks.existing_file("--haystack", haystack)
+        checks.at_least("--num-gpus", num_gpus, 1)
+        if arch is not None and Path(model).is_dir():
+            raise UserError(f"--arch is for a checkpoint file; {model} is a directory (its config.json is used)")
         from .distributed import is_main_process, launched_world_size
 
         if num_gpus > 1 and launched_world_size() == 1:
