@@ -168,7 +168,7 @@ def _offline_message(name: str, kind: str) -> str:
     return (
         f"{kind} {name!r} is not a built-in name ({', '.join(DEMOS)}), not a local file or directory, and not in "
         f"the Hugging Face cache ({hf_cache_dir()}); the hub ({endpoint()}) cannot be reached ({why}). To use it "
-        f"offline, download it where there is internet (`huggingface-cli download {name}`) and copy the HF cache "
+        f"offline, download it where there is internet (`hf download {name}`) and copy the HF cache "
         "here, or pass a local directory; datasets: `gdn2-eval data fetch`"
     )
 
