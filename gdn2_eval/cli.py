@@ -12,15 +12,58 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
 
+try:  # typer vendors click from 0.2x on; its command classes raise that copy's exceptions
+    from typer import _click as click
+except ImportError:  # pragma: no cover - older typer on click itself
+    import click
+
+from . import checks
 from .demo.recipe import DemoRecipe
 from .errors import UserError
 
+
+class _OneLineUsageError(click.exceptions.ClickException):
+    """A usage error (bad type, missing option, unknown option) printed as one line, exit code 2."""
+
+    exit_code = 2
+
+    def show(self, file=None) -> None:
+        print(f"error: {self.message}", file=sys.stderr)
+
+
+class _Commands(TyperGroup):
+    """The command group: usage errors of every command become one line (`error: ...`), like every other error."""
+
+    @staticmethod
+    def _one_line(e: click.exceptions.UsageError) -> click.exceptions.ClickException:
+        if isinstance(e, click.exceptions.NoArgsIsHelpError):
+            return e
+        where = f"{e.ctx.command_path}: " if e.ctx is not None and e.ctx.command_path else ""
+        hint = f" (see `{e.ctx.command_path} --help`)" if e.ctx is not None else ""
+        return _OneLineUsageError(f"{where}{e.format_message()}{hint}")
+
+    def make_context(self, *args, **kwargs):
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.exceptions.UsageError as e:
+            raise self._one_line(e) from None
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except click.exceptions.UsageError as e:
+            raise self._one_line(e) from None
+
+
 app = typer.Typer(
+    cls=_Commands,
     help="Evaluate Gated DeltaNet-2 and linear-attention checkpoints: convert, inspect, run, tabulate.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode=None,
 )
 console = Console()
 
@@ -53,6 +96,15 @@ def convert(
 ) -> None:
     """Convert an authors' checkpoint into a Hugging Face directory that AutoModelForCausalLM loads
     (after `import gdn2_eval`)."""
+    from .names import check_name
+
+    checks.existing_file("CHECKPOINT", checkpoint)
+    check_name(tokenizer, "tokenizer")
+    checks.arch(arch)
+    checks.choice("--dtype", dtype, checks.CONVERT_DTYPES)
+    checks.writable_dir("--out", out)
+    if out.exists() and not force:
+        raise UserError(f"output directory {out} exists; pass --force to replace it")
     from .loading import convert_checkpoint
 
     path = convert_checkpoint(checkpoint, arch, out, tokenizer=tokenizer, dtype=dtype, force=force)
@@ -69,6 +121,12 @@ def info(
     device: Annotated[str, typer.Option(help="Device the kernel choice is made for: auto, cpu, cuda.")] = "auto",
 ) -> None:
     """Print a GDN-2 model's layout, parameter counts, recurrent state size and the kernel path it would use."""
+    if "/" in model and not Path(model).exists():  # a hub name (presets have no slash): resolved before any import
+        from .names import check_name
+
+        check_name(model, "model")
+    checks.arch(arch)
+    checks.device(device)
     from .info import config_for, summarise
     from .loading import resolve_device
 
@@ -186,28 +244,65 @@ def run(
     `--tasks niah_single_2 --lengths 16k,32k --samples 100`."""
     import time
 
-    from .distributed import is_main_process, launched_world_size
+    from .names import offline, resolve_name
 
-    if num_gpus > 1 and launched_world_size() == 1:
-        raise typer.Exit(_launch_data_parallel(num_gpus))
-    main_rank = is_main_process()
-
-    from .demo import resolve_model
-    from .loading import check_impl
-    from .ruler import parse_lengths
-    from .runner import RunSpec
-    from .runner import run as run_spec
-
+    # every option is checked before anything is loaded or written
     if ruler_jsonl is not None:
         if suite or tasks:
             raise UserError("--ruler-jsonl replaces --suite/--tasks; pass only one of them")
-        if not ruler_jsonl.is_file():
-            raise UserError(f"--ruler-jsonl {ruler_jsonl} is not a file")
+        checks.existing_file("--ruler-jsonl", ruler_jsonl)
         suite, task_list = "ruler-jsonl", ["ruler_jsonl"]
     else:
         task_list = _task_names(suite, tasks)
-    if samples is not None and samples < 1:
-        raise UserError("--samples must be at least 1")
+    with offline(data_dir is not None):  # a run on a local data copy makes no network request
+        resolved = resolve_name(model, "model")
+        if name is None and resolved != model and not Path(model).exists():
+            name = Path(model).stem  # a demo or a cached hub model: labelled by the name given, not its snapshot
+        if tokenizer is not None:
+            tokenizer = resolve_name(tokenizer, "tokenizer")
+        checks.arch(arch)
+        checks.existing_dir("--tasks-dir", tasks_dir)
+        checks.at_least("--limit", limit, 1)
+        batch_size = checks.batch_size(batch_size)
+        device = checks.device(device)
+        checks.choice("--dtype", dtype, checks.RUN_DTYPES)
+        checks.existing_dir("--data-dir", data_dir)
+        checks.writable_dir("--out", out)
+        checks.not_empty("--name", name)
+        checks.choice("--ppl-protocol", ppl_protocol, checks.PPL_PROTOCOLS)
+        checks.at_least("--ppl-window", ppl_window, 1)
+        checks.at_least("--chunk-tokens", chunk_tokens, 1)
+        checks.at_least("--prefill-tokens", prefill_tokens, 1)
+        checks.gate_ablation(gate_ablation)
+        checks.kernel(kernel, device)
+        impl = checks.choice("--impl", (impl or "auto").lower(), checks.IMPLS)
+        parsed_lengths = checks.lengths("--lengths", lengths)
+        checks.at_least("--samples", samples, 1)
+        checks.at_least("--seed", seed, 0)
+        checks.existing_file("--haystack", haystack)
+        checks.at_least("--num-gpus", num_gpus, 1)
+        share_prefix = checks.choice("--share-prefix", share_prefix.lower(), checks.SHARE_MODES, "sharing mode")
+        checks.size("--share-budget", share_budget)
+        if arch is not None and Path(model).is_dir():
+            raise UserError(f"--arch is for a checkpoint file; {model} is a directory (its config.json is used)")
+        from .distributed import is_main_process, launched_world_size
+
+        if num_gpus > 1 and launched_world_size() == 1:
+            raise typer.Exit(_launch_data_parallel(num_gpus))
+        _run(resolved, suite, task_list, arch, tokenizer, tasks_dir, limit, batch_size, device, dtype, data_dir, out,
+             resume, force, name, ppl_protocol, ppl_window, chunk_tokens, prefill_tokens, gate_ablation, kernel, impl,
+             parsed_lengths, samples, seed, haystack, ruler_jsonl, share_prefix, share_budget, is_main_process(),
+             time.time())
+
+
+def _run(model, suite, task_list, arch, tokenizer, tasks_dir, limit, batch_size, device, dtype, data_dir, out, resume,
+         force, name, ppl_protocol, ppl_window, chunk_tokens, prefill_tokens, gate_ablation, kernel, impl, lengths,
+         samples, seed, haystack, ruler_jsonl, share_prefix, share_budget, main_rank, t0) -> None:
+    import time
+
+    from .runner import RunSpec
+    from .runner import run as run_spec
+
     options = {
         "ppl_protocol": ppl_protocol,
         "ppl_window": ppl_window,
@@ -215,12 +310,12 @@ def run(
         "prefill_tokens": prefill_tokens,
         "gate_ablation": gate_ablation,
         "kernel": kernel,
-        "impl": check_impl(impl),
-        "share_prefix": _share_option(share_prefix),
-        "share_budget": _budget_option(share_budget),
+        "impl": impl,
+        "share_prefix": share_prefix,
+        "share_budget": share_budget,
     }
     spec = RunSpec(
-        model=resolve_model(model),
+        model=model,
         tasks=task_list,
         suite=suite or "custom",
         arch=arch,
@@ -236,13 +331,13 @@ def run(
         force=force,
         name=name,
         model_options={k: v for k, v in options.items() if v is not None},
-        lengths=parse_lengths(lengths) if lengths else None,
+        lengths=lengths,
         samples=samples,
         seed=seed,
         haystack=haystack,
         ruler_jsonl=ruler_jsonl,
     )
-    started, t0 = {}, time.time()
+    started = {}
 
     def progress(unit: str, state: str, n: int, total: int) -> None:
         if not main_rank:
@@ -291,7 +386,10 @@ def _task_names(suite: str | None, tasks: str | None) -> list[str]:
 
     if (suite is None) == (tasks is None):
         raise UserError("pass exactly one of --suite or --tasks")
-    return suite_tasks(suite) if suite else [t.strip() for t in tasks.split(",") if t.strip()]
+    names = suite_tasks(suite) if suite else [t.strip() for t in tasks.split(",") if t.strip()]
+    if not names:
+        raise UserError(f"--tasks {tasks!r} names no task")
+    return names
 
 
 def _print_token_saving(path: Path) -> None:
@@ -331,11 +429,13 @@ def data_fetch(
     tasks_dir: Annotated[Path | None, typer.Option(help="Extra folder of task YAMLs.")] = None,
 ) -> None:
     """Download the datasets a suite's tasks read and save them as JSON lines (run where there is internet)."""
+    names = _task_names(suite, tasks)
+    checks.writable_dir("--to", to)
+    checks.existing_dir("--tasks-dir", tasks_dir)
     from .data import save_local_copy
     from .runner import check_tasks, task_manager
 
-    names = _task_names(suite, tasks)
-    manager = task_manager(tasks_dir)
+    manager = task_manager(tasks_dir, tasks=names)
     check_tasks(names, manager)
     from lm_eval.api.task import Task
     from lm_eval.tasks import get_task_dict
@@ -372,10 +472,14 @@ def table(
 ) -> None:
     """Print one of the paper's Tables 2-5 with your runs in their family's block: best per family and column in
     bold, second best underlined, missing cells as a dash with a footnote."""
+    checks.table_number(table)  # an unknown table number fails before anything is read
+    checks.choice("--baselines", baselines, checks.BASELINES)
+    checks.choice("--format", format, ("md", "latex", "csv"))
+    checks.existing_paths("RUN_DIRS", run_dirs, "run directory")
+    checks.writable_file("--out", out)
     from .results import load
-    from .tables import build, layout, render
+    from .tables import build, render
 
-    layout(table)  # an unknown table number fails before anything is read
     df = load(*(run_dirs or []), baselines=baselines)
     if df.empty:
         raise UserError("nothing to tabulate: give run directories, or leave --baselines at paper")
@@ -408,6 +512,15 @@ def plot(
 ) -> None:
     """Draw a figure as PNG and PDF: RULER accuracy against context length, accuracy by needle depth and length,
     common-sense accuracies, or throughput and memory against context length."""
+    checks.choice("--kind", kind, ("niah-length", "niah-depth", "commonsense", "throughput"), "plot kind")
+    checks.choice("--baselines", baselines, checks.BASELINES)
+    for f in family or ():
+        checks.choice("--family", f, checks.FAMILIES)
+    checks.existing_paths("RUN_DIRS", run_dirs, "run directory")
+    checks.existing_paths("--bench", bench)
+    checks.writable_file("--out", out)
+    if kind == "niah-depth" and not run_dirs:
+        raise UserError("niah-depth draws per-sample logs of runs: give run directories")
     paths = _draw(kind, run_dirs or [], baselines, family, bench, out or Path("results/figures") / kind)
     console.print("wrote " + ", ".join(map(str, paths)))
 
@@ -444,6 +557,9 @@ def paper(
 ) -> None:
     """Regenerate the paper's Tables 2-5 (Markdown, LaTeX, CSV) and the figures the results support, from the
     reported numbers plus any runs given. With no runs the tables are the paper's, value for value."""
+    checks.existing_paths("RUN_DIRS", run_dirs, "run directory")
+    checks.existing_paths("--bench", bench)
+    checks.writable_dir("--out", out)
     from .results import load, niah_samples
     from .tables import write_all
 
@@ -507,6 +623,19 @@ def train_demo(
     The shipped demos (`--model demo`, `demo-kda`, `demo-gdn`) were made with the defaults on one H100; see
     `gdn2_eval/demo/recipe.py` for the recipe and each demo's README.md for its figures."""
     from .demo import DEMOS
+
+    checks.writable_dir("--out", out)
+    checks.choice("--gates", gates, (*DEMOS.values(), "all"))
+    checks.at_least("--steps", steps, 1)
+    checks.at_least("--batch-tokens", batch_tokens, 1)
+    checks.lengths("--lengths", lengths)
+    checks.at_least("--curriculum-steps", curriculum_steps, 0)
+    checks.lengths("--curriculum-lengths", curriculum_lengths)
+    checks.at_least("--workers", workers, 0)
+    checks.positive("--max-minutes", max_minutes)
+    checks.at_least("--seed", seed, 0)
+    checks.at_least("--eval-samples", eval_samples, 0)
+    checks.device(device)
     from .demo.train import evaluate_demo, train_all
     from .demo.train import train_demo as train
     from .ruler import parse_lengths
@@ -546,35 +675,16 @@ def bench_kernels(
     accuracy: Annotated[bool, typer.Option(help="Also check accuracy against float64 and fla.")] = True,
 ) -> None:
     """Our GDN-2 prefill and decode kernels against fla's on the same inputs (H=16, d=128, bf16)."""
-    import torch
-
+    checks.writable_file("--out", out)
+    parsed = checks.shapes(shapes)
+    checks.at_least("--repeats", repeats, 1)
+    _need_cuda("kernels")
     from .bench.kernels import DEFAULT_SHAPES, markdown, run_kernel_bench
 
-    if not torch.cuda.is_available():
-        raise UserError("bench kernels needs a CUDA device")
-    try:
-        todo = DEFAULT_SHAPES
-        if shapes:
-            todo = tuple(tuple(int(n) for n in s.lower().split("x")) for s in shapes.split(","))
-    except ValueError:
-        raise UserError(f"--shapes must look like 1x4096,8x4096, got {shapes!r}") from None
+    todo = parsed or DEFAULT_SHAPES
     rows = run_kernel_bench(todo, out, repeats=repeats, accuracy=accuracy)
     console.print(markdown(rows))
     console.print(f"wrote {out}")
-
-
-def _share_option(value: str) -> str:
-    if value.lower() not in ("auto", "on", "off"):
-        raise UserError(f"--share-prefix must be auto, on or off, not {value!r}")
-    return value.lower()
-
-
-def _budget_option(value: str | None) -> str | None:
-    if value is not None:
-        from .lm_backend import parse_bytes
-
-        parse_bytes(value)  # a one-line error before any work
-    return value
 
 
 def _bench_argv(**options) -> list[str]:
@@ -611,11 +721,18 @@ def bench_model(
 ) -> None:
     """The model end to end: prefill against fla's Gated DeltaNet 1.3B, the decode step against its memory floor,
     the cold start, and the inference path's logits against the reference's."""
+    checks.writable_file("--out", out)
+    checks.preset("--preset", preset)
+    checks.choice("--kernel", kernel, checks.BENCH_KERNELS)
+    checks.at_least("--repeats", repeats, 1)
+    checks.comma_subset("--parts", parts, checks.BENCH_PARTS)
+    checks.shapes(shapes)
+    checks.batches("--batches", batches)
+    if compare_kernels is not None:
+        checks.comma_subset("--compare-kernels", compare_kernels, ("fla", "triton"))
+    _need_cuda("model")
     from .bench.model import main as bench_main
 
-    _need_cuda("model")
-    if repeats < 1:
-        raise UserError("--repeats must be at least 1")
     bench_main(_bench_argv(out=out, preset=preset, kernel=kernel, repeats=repeats, parts=parts, shapes=shapes,
                            batches=batches, compare_kernels=compare_kernels) + (["--merge"] if merge else []))
 
@@ -632,9 +749,17 @@ def bench_ruler(
     long_length: Annotated[int | None, typer.Option(help="One sample at this length first (0: skip).")] = None,
 ) -> None:
     """The RULER grid through the gdn2 backend and lm-eval's stock hf backend on the same prompts."""
+    from .names import check_name
+
+    checks.writable_file("--out", out)
+    checks.at_least("--samples", samples, 0)
+    checks.lengths("--lengths", lengths)
+    check_name(model, "model")
+    checks.choice("--impl", impl, checks.IMPLS)
+    checks.at_least("--long-length", long_length, 0)
+    _need_cuda("ruler")
     from .bench.ruler import main as bench_main
 
-    _need_cuda("ruler")
     bench_main(_bench_argv(out=out, samples=samples, lengths=lengths, model=model, impl=impl,
                            long_length=long_length))
 
@@ -648,6 +773,12 @@ def bench_backend(
     impl: Annotated[str, typer.Option(help="How the gdn2 backend runs GDN-2: auto, inference, reference.")] = "auto",
 ) -> None:
     """The Table 2 request mix (log-likelihoods) through the gdn2 backend and lm-eval's stock hf backend."""
+    from .model.configuration_gdn2 import PRESETS
+
+    checks.writable_file("--out", out)
+    checks.comma_subset("--models", models, (*PRESETS, "kda"))
+    checks.at_least("--limit", limit, 1)
+    checks.choice("--impl", impl, checks.IMPLS)
     from .bench.backend import main as bench_main
 
     bench_main(_bench_argv(out=out, models=models, limit=limit, impl=impl))
@@ -663,6 +794,7 @@ def tasks_list(
     tasks_dir: Annotated[Path | None, typer.Option(help="Also list the tasks defined in this folder.")] = None,
 ) -> None:
     """Every task of the built-in suites (and of --tasks-dir) with a one-line description."""
+    checks.existing_dir("--tasks-dir", tasks_dir)
     from .ruler import TASKS
     from .suites import SUITES, TABLE2_COLUMNS
 
@@ -678,7 +810,7 @@ def tasks_list(
     if tasks_dir is not None:
         from .runner import task_manager
 
-        manager = task_manager(tasks_dir)
+        manager = task_manager(tasks_dir, tasks=[])
         for name in sorted(manager.all_tasks):
             path = str(getattr(manager.task_index.get(name), "yaml_path", "") or "")
             if path.startswith(str(tasks_dir.resolve())) or path.startswith(str(tasks_dir)):
@@ -698,16 +830,22 @@ def tasks_generate(
     haystack: Annotated[Path | None, typer.Option(help="Essay haystack: RULER's essay JSON or plain text.")] = None,
 ) -> None:
     """Write RULER samples (index, input, outputs, length, answer_prefix, ...) as JSON lines."""
-    from .ruler import DEFAULT_SEED, generate_samples, get_task, load_tokenizer, parse_length, write_jsonl
+    from .names import resolve_name
 
-    get_task(task)
-    if samples < 1:
-        raise UserError("--samples must be at least 1")
-    tok = load_tokenizer(tokenizer)
-    docs = generate_samples(task, parse_length(length), samples, tok, seed=DEFAULT_SEED if seed is None else seed,
+    checks.ruler_task(task)
+    n_tokens = checks.length("--length", length)
+    checks.writable_file("--out", out)
+    checks.at_least("--samples", samples, 1)
+    checks.at_least("--seed", seed, 0)
+    checks.existing_file("--haystack", haystack)
+    source = resolve_name(tokenizer, "tokenizer")  # before any heavy import: an unknown name fails at once
+    from .ruler import DEFAULT_SEED, generate_samples, load_tokenizer, write_jsonl
+
+    tok = load_tokenizer(source)
+    docs = generate_samples(task, n_tokens, samples, tok, seed=DEFAULT_SEED if seed is None else seed,
                             haystack=haystack)
     write_jsonl(docs, out)
-    console.print(f"wrote {len(docs)} samples of {task} at {parse_length(length)} tokens to {out}")
+    console.print(f"wrote {len(docs)} samples of {task} at {n_tokens} tokens to {out}")
 
 
 def main() -> None:

@@ -39,7 +39,16 @@ def config_for(model: str, arch: str | None = None) -> tuple[str, GDN2Config]:
     """A GDN-2 config from a preset name, an HF directory, or a checkpoint file with `arch`. No weights are read."""
     if model in PRESETS:
         return model, GDN2Config.from_preset(model)
-    path = Path(model)
+    from .names import resolve_name
+
+    path = Path(resolve_name(model, "model"))
+    if not path.exists():  # only the hub has it: its config is enough
+        try:
+            from huggingface_hub import hf_hub_download
+
+            path = Path(hf_hub_download(str(path), "config.json")).parent
+        except Exception as e:
+            raise UserError(f"no config.json for {model}: {(str(e).splitlines() or [type(e).__name__])[0]}") from None
     if path.is_dir():
         cfg_file = path / "config.json"
         if not cfg_file.is_file():

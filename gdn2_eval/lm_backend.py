@@ -34,6 +34,7 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
 from transformers import PreTrainedModel
 
+from . import checks
 from .distributed import balanced_call, make_accelerator, single_process
 from .errors import UserError
 from .generation import generate_from, greedy_generate, pad_batch, prefill
@@ -62,20 +63,6 @@ def _share_mode(value: Any) -> bool | str:
     if text in ("1", "true", "yes", "on", "0", "false", "no", "off"):
         return text in ("1", "true", "yes", "on")
     raise UserError(f"share_prefix must be auto, on or off, not {value!r}")
-
-
-_UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "kib": 2**10, "m": 1e6, "mb": 1e6, "mib": 2**20, "g": 1e9, "gb": 1e9,
-          "gib": 2**30, "t": 1e12, "tb": 1e12, "tib": 2**40}
-
-
-def parse_bytes(value: Any) -> int:
-    """A size such as 8GiB, 512MB or 1000000: positive bytes (a one-line error otherwise)."""
-    import re
-
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(value))
-    if not m or m.group(2).lower() not in _UNITS or float(m.group(1)) * _UNITS[m.group(2).lower()] < 1:
-        raise UserError(f"share_budget must be a positive size such as 8GiB or 512MB, not {value!r}")
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
 
 
 @register_model("gdn2")
@@ -144,7 +131,7 @@ class GDN2LM(HFLM):
         self.chunk_tokens = int(chunk_tokens)
         self.prefill_tokens = int(prefill_tokens)
         self.share_prefix = _share_mode(share_prefix)
-        self.share_budget = parse_bytes(share_budget) if share_budget is not None else None
+        self.share_budget = checks.size("share_budget", share_budget)
         # tokens of the prompts as given, and tokens actually run through the model (prefix sharing saves the
         # difference); the runner records both per task
         self.token_stats = {"prompt_tokens": 0, "prefill_tokens": 0}

@@ -14,9 +14,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from .checkpoint import authors_to_hf, check_authors_keys, read_state_dict
-from .demo import resolve_model
 from .errors import UserError
 from .model import GDN2Config, GDN2ForCausalLM
+from .names import resolve_name
 
 DTYPES = {
     "bf16": torch.bfloat16,
@@ -52,9 +52,11 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
-    """A Hugging Face tokenizer from a directory or hub name; one `UserError` whatever the reason it cannot load."""
+    """A Hugging Face tokenizer from a built-in demo name, a directory, the HF cache or the hub (`names.resolve_name`);
+    one `UserError` whatever the reason it cannot load."""
+    source = resolve_name(path, "tokenizer")
     try:
-        return AutoTokenizer.from_pretrained(str(path))
+        return AutoTokenizer.from_pretrained(source)
     except Exception as e:  # OSError, ValueError, ...: every failure is "no tokenizer there"
         first = (str(e).splitlines() or [type(e).__name__])[0]
         raise UserError(f"no tokenizer could be loaded from {path}: {first}") from None
@@ -109,7 +111,8 @@ def load_model(
     """Load a causal LM and its tokenizer.
 
     * `path` an HF directory: GDN-2 (``model_type: gdn2``), an fla baseline or any HF causal LM.
-    * `path` a built-in demo (`demo`, `demo-kda`, `demo-gdn`; see `gdn2_eval.demo`).
+    * `path` a built-in demo (`demo`, `demo-kda`, `demo-gdn`; see `gdn2_eval.demo`), or a hub repository found in
+      the local Hugging Face cache or, when the hub is reachable, downloaded (`gdn2_eval.names`).
     * `path` an authors' checkpoint file (`.pth`): `arch` is a preset name or a JSON file of the authors' config
       fields; the keys are checked and mapped (see `gdn2_eval.checkpoint`).
     `tokenizer` defaults to `path` for directories. `config_overrides` set GDN-2 config fields (e.g.
@@ -117,7 +120,7 @@ def load_model(
     the reference model, or the inference model built from it (packed weights, fused kernels).
     """
     impl_choice = check_impl(impl)
-    path = Path(resolve_model(path))
+    path = Path(resolve_name(path, "model", download=True))
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     if path.is_dir():

@@ -150,8 +150,12 @@ class _MetadataHint(logging.Filter):
 _METADATA_FILTER = _MetadataHint()
 
 
-def task_manager(tasks_dir: Path | None, metadata: dict[str, Any] | None = None):
+def task_manager(tasks_dir: Path | None, metadata: dict[str, Any] | None = None, tasks: list[str] | None = None):
+    """lm-eval's task manager over its tasks, the project's (`tasks/`) and `tasks_dir`. With `tasks`, its index
+    holds only what those tasks need (`gdn2_eval.task_index`: seconds less per run); None: the full index."""
     from lm_eval.tasks import TaskManager
+
+    from .task_index import restricted_manager
 
     for name, quiet in (("lm_eval.tasks._index", _SHADOWING_FILTER), ("lm_eval.api.task", _METADATA_FILTER)):
         if quiet not in logging.getLogger(name).filters:
@@ -161,6 +165,10 @@ def task_manager(tasks_dir: Path | None, metadata: dict[str, Any] | None = None)
         if not Path(tasks_dir).is_dir():
             raise UserError(f"--tasks-dir {tasks_dir} is not a directory")
         include.append(str(tasks_dir))
+    if tasks is not None:
+        manager = restricted_manager(include, tasks, metadata)
+        if manager is not None:
+            return manager
     return TaskManager(include_path=include, metadata=metadata)
 
 
@@ -175,9 +183,12 @@ def with_metadata(manager, metadata: dict[str, Any]):
 
 
 def check_tasks(names: list[str], manager) -> None:
-    known = set(manager.all_tasks)
-    unknown = [t for t in names if t not in known]
+    from .task_index import known_names
+
+    found = set(manager.all_tasks)
+    unknown = [t for t in names if t not in found]
     if unknown:
+        known = found | (known_names(manager) or set())
         ours = sorted(t for t in known if not t.startswith("_"))
         hint = "; see `lm_eval ls tasks` for lm-eval's" if len(ours) > 40 else f"; known: {', '.join(ours)}"
         raise UserError(f"unknown task(s) {', '.join(unknown)}{hint}")
@@ -210,10 +221,15 @@ def run(spec: RunSpec, progress=None) -> Path:
 
     # lm-eval records `git describe` of the working directory (printing git's error outside a checkout); the
     # revision that identifies the harness is gdn2-eval's own
+    revision = git_revision()  # once per run (two git processes)
     if hasattr(lm_eval.evaluator, "get_git_commit_hash"):
-        lm_eval.evaluator.get_git_commit_hash = git_revision
+        lm_eval.evaluator.get_git_commit_hash = lambda: revision
+    # lm-eval collects torch's environment report (about a dozen subprocesses, over a second) on every call; the run
+    # records its own provenance (`versions()`) once, in results.json
+    if hasattr(lm_eval.evaluator, "add_env_info"):
+        lm_eval.evaluator.add_env_info = _env_info
 
-    manager = task_manager(spec.tasks_dir)
+    manager = task_manager(spec.tasks_dir, tasks=spec.tasks)
     check_tasks(spec.tasks, manager)
     units = plan_units(spec, manager)
     out = spec.out_dir()
@@ -306,15 +322,22 @@ def run(spec: RunSpec, progress=None) -> Path:
         for t, samples in res.get("samples", {}).items():
             write_samples(out / "samples" / f"{unit.name if t == task else t}.jsonl", samples)
         write_json(done, record)  # the commit point of this unit
-        _write_run_files(out, spec, model_desc, protocol)
+        _write_run_files(out, spec, model_desc, protocol, revision)
         if progress:
             progress(unit.name, "done", n, len(units))
     if main:
-        _write_run_files(out, spec, model_desc, protocol)
+        _write_run_files(out, spec, model_desc, protocol, revision)
     return out
 
 
-def _write_run_files(out: Path, spec: RunSpec, model_desc: dict, protocol: dict) -> None:
+def _env_info(storage: dict[str, Any]) -> None:
+    """What lm-eval's `add_env_info` adds to its results, without torch's environment report (see results.json)."""
+    v = versions()
+    storage.update({"pretty_env_info": "see versions in gdn2-eval's results.json", "upper_git_hash": None,
+                    "transformers_version": v.get("transformers"), "lm_eval_version": v.get("lm_eval")})
+
+
+def _write_run_files(out: Path, spec: RunSpec, model_desc: dict, protocol: dict, revision: str | None) -> None:
     """results.json and summary.csv from every finished unit in the directory."""
     units = [read_json(f) for f in sorted((out / "tasks").glob("*.json"))]
     results = {_result_key(u, t): m for u in units for t, m in u["results"].items()}
@@ -330,7 +353,7 @@ def _write_run_files(out: Path, spec: RunSpec, model_desc: dict, protocol: dict)
             "protocol": protocol,
             "spec": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(spec).items()},
             "versions": versions(),
-            "git_revision": git_revision(),
+            "git_revision": revision,
             "seeds": SEEDS,
             "results": results,
             "n_samples": {_result_key(u, t): n for u in units for t, n in u["n_samples"].items()},

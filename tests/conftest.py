@@ -138,6 +138,37 @@ def tokenizer_dir(tmp_path: Path) -> Path:
     return out
 
 
+def pytest_configure(config):
+    """lm-eval's task-index map (`gdn2_eval.task_index`) is cached for the session, not in the user's home."""
+    if not os.environ.get("GDN2_EVAL_CACHE"):
+        import tempfile
+
+        os.environ["GDN2_EVAL_CACHE"] = tempfile.mkdtemp(prefix="gdn2-eval-cache-")
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    """No test reaches the network: connections to anything but this machine fail at once, and processes the test
+    starts see the Hugging Face hub as offline."""
+    import socket
+
+    from gdn2_eval import names
+
+    real_connect = socket.socket.connect
+
+    def connect(self, address):
+        host = address[0] if isinstance(address, tuple) else address
+        if self.family in (socket.AF_INET, socket.AF_INET6) and host not in ("127.0.0.1", "::1", "localhost"):
+            raise OSError(f"network blocked in tests: {address}")
+        return real_connect(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    names._reachable.cache_clear()
+    yield
+    names._reachable.cache_clear()
+
+
 def pytest_collection_modifyitems(config, items):
     """GPU tests (marker `gpu`) run on a CUDA machine only; elsewhere they are skipped with the reason."""
     if torch.cuda.is_available():

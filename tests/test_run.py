@@ -115,9 +115,9 @@ def test_bad_inputs_each_give_one_line(tiny_model_dir, user_tasks, tmp_path):
     fails("--model", tmp_path / "missing", "--tasks", "tiny_mc", "--tasks-dir", user_tasks, *base,
           expect="neither a checkpoint file nor a directory")
     fails("--model", tiny_model_dir, "--tasks", "tiny_mc", "--tasks-dir", user_tasks, "--share-prefix", "always",
-          *base, expect="--share-prefix must be auto, on or off")
+          *base, expect="unknown sharing mode 'always' (--share-prefix); choose one of: auto, on, off")
     fails("--model", tiny_model_dir, "--tasks", "tiny_mc", "--tasks-dir", user_tasks, "--share-budget", "0GiB",
-          *base, expect="share_budget must be a positive size")
+          *base, expect="--share-budget must be a positive size")
     assert not (tmp_path / "o").exists()
     ckpt = save_authors_checkpoint(tmp_path / "c.pth", authors_state_dict({
         "n_layer": 1, "n_embd": 32, "n_head": 2, "gdn2_num_heads": 2, "gdn2_head_dim": 16,
