@@ -52,7 +52,7 @@ def _start(args, cwd):
 
 
 def test_run_killed_with_sigkill_resumes_to_the_same_results(tiny_model_dir, tmp_path):
-    tasks = write_user_tasks(tmp_path / "t", n_docs=60, doc_words=400)  # the second task takes a while
+    tasks = write_user_tasks(tmp_path / "t", n_docs=200, doc_words=400)  # the second task takes a while
     args = ["--model", tiny_model_dir, "--tasks", "tiny_mc,tiny_ppl", "--tasks-dir", tasks, "--device", "cpu",
             "--batch-size", "2"]
     clean = tmp_path / "clean"
@@ -63,7 +63,7 @@ def test_run_killed_with_sigkill_resumes_to_the_same_results(tiny_model_dir, tmp
     deadline = time.time() + 300
     while not first.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
-    time.sleep(1.0)  # inside the second task
+    time.sleep(0.2)  # inside the second task
     still_running = proc.poll() is None
     proc.send_signal(signal.SIGKILL)
     proc.wait()
