@@ -301,3 +301,18 @@ def test_shared_prefix_scoring_equals_unshared_to_float32_rounding(kind, tmp_pat
     on_stats = got["on", None][1]
     assert on_stats["prompt_tokens"] == off_stats["prompt_tokens"]
     assert on_stats["prefill_tokens"] < 0.5 * off_stats["prefill_tokens"]
+
+
+def test_a_scoring_run_prints_no_cache_rename_hint(tiny_model_dir):
+    """transformers' one-line hint about the renamed `past_key_values` is not shown (in a fresh process: it is
+    printed once per process)."""
+    import subprocess
+    import sys
+
+    code = ("from gdn2_eval.lm_backend import GDN2LM\n"
+            "from lm_eval.api.instance import Instance\n"
+            f"lm = GDN2LM({str(tiny_model_dir)!r}, device='cpu', dtype='fp32')\n"
+            "print(lm.loglikelihood([Instance('loglikelihood', {}, ('w1 w2 w3', ' w4'), 0)])[0][0] < 0)\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and res.stdout.strip().endswith("True"), res.stderr
+    assert "Use `cache` instead" not in res.stderr
