@@ -161,3 +161,34 @@ def test_kernel_can_be_forced_by_environment(monkeypatch):
     monkeypatch.setenv("GDN2_KERNEL", "magic")
     with pytest.raises(ValueError, match="unknown GDN-2 kernel"):
         resolve_backend("auto", "cpu")
+
+
+def test_training_style_config_with_float_counts_and_neutral_fields_loads_the_same(tmp_path):
+    """A config JSON as a training run writes it: integral values as floats and fields that leave the architecture
+    unchanged. It loads to the same logits as the plain one; a fractional count, or a field at a value that would
+    change the architecture, is one error naming the field."""
+    state = authors_state_dict(TINY_RECURRENT_FIELDS, seed=3)
+    ckpt = save_authors_checkpoint(tmp_path / "r.pth", state)
+    plain, written = tmp_path / "plain.json", tmp_path / "written.json"
+    plain.write_text(json.dumps(TINY_RECURRENT_FIELDS))
+    as_trained = {k: float(v) if isinstance(v, int) else v for k, v in TINY_RECURRENT_FIELDS.items()}
+    as_trained.update(gdn2_expand_v=1.0, bias=False, rope_base=10000, hf_config={"org": "x", "name": "y"})
+    assert as_trained["n_layer"] == float(TINY_RECURRENT_FIELDS["n_layer"])
+    written.write_text(json.dumps(as_trained))
+    ids = torch.arange(4, 30)[None]
+    logits = []
+    for arch in (plain, written):
+        model, _ = gdn2_eval.load_model(ckpt, arch=arch, dtype="fp32", device="cpu")
+        with torch.no_grad():
+            logits.append(model(ids).logits)
+    assert torch.equal(logits[0], logits[1])
+    for change, field in (({"gdn2_expand_v": 1.5}, "gdn2_expand_v"), ({"n_layer": 2.5}, "n_layer"),
+                          ({"bias": True}, "bias"), ({"norm_class_name": "LayerNorm"}, "norm_class_name")):
+        bad = tmp_path / f"bad_{field}.json"
+        bad.write_text(json.dumps({**as_trained, **change}))
+        with pytest.raises(UserError, match=field) as e:
+            gdn2_eval.load_model(ckpt, arch=bad, dtype="fp32", device="cpu")
+        assert "\n" not in str(e.value)
+    res = cli("convert", ckpt, "--arch", tmp_path / "bad_gdn2_expand_v.json", "--out", tmp_path / "hf")
+    assert res.exit_code == 2 and "gdn2_expand_v must be a whole number" in res.output
+    assert not (tmp_path / "hf").exists()

@@ -84,7 +84,37 @@ AUTHORS_FIELDS = (
     "allow_neg_eigval",
     "name",
 )
+# Fields that hold a count: training configs may write them as floats (`"gdn2_expand_v": 1.0`); an integral float is
+# taken as that integer, anything else is an error naming the field.
+_INTEGRAL_AUTHORS_FIELDS = ("n_layer", "n_embd", "n_head", "n_query_groups", "gdn2_per_layer", "gdn2_num_heads",
+                            "gdn2_head_dim", "gdn2_expand_v", "gdn2_num_v_heads", "intermediate_size", "local_window",
+                            "vocab_size", "padding_multiple", "block_size")
+# Fields a training run's config may also carry that leave this architecture unchanged at the value given here
+# (None: any value, e.g. bookkeeping); another value would change the model, which is an error naming the field.
+AUTHORS_NEUTRAL_FIELDS: dict[str, Any] = {
+    "hf_config": None,
+    "padded_vocab_size": None,  # checked against vocab_size and padding_multiple below
+    "bias": False,
+    "lm_head_bias": False,
+    "parallel_residual": False,
+    "shared_attention_norm": False,
+    "scale_embeddings": False,
+    "norm_class_name": "RMSNorm",
+    "rope_base": 10000,
+    "n_expert": 0,
+    "attention_logit_softcapping": None,
+    "final_logit_softcapping": None,
+}
 _REQUIRED_AUTHORS_FIELDS = ("n_layer", "n_embd", "n_head", "gdn2_num_heads", "gdn2_head_dim", "intermediate_size")
+
+
+def _integral(name: str, value: Any) -> Any:
+    """`value` as an int when it is an integral number (4.0 -> 4); None stays None; else a one-line error."""
+    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    raise UserError(f"config field {name} must be a whole number, got {value!r}")
 
 
 class GDN2Config(PretrainedConfig):
@@ -225,14 +255,22 @@ class GDN2Config(PretrainedConfig):
     @classmethod
     def from_authors(cls, fields: dict[str, Any], **overrides: Any) -> GDN2Config:
         """Build from the authors' config field names (`n_layer`, `n_embd`, ...)."""
-        unknown = sorted(set(fields) - set(AUTHORS_FIELDS))
+        unknown = sorted(set(fields) - set(AUTHORS_FIELDS) - set(AUTHORS_NEUTRAL_FIELDS))
         if unknown:
             raise UserError(f"unknown config fields {unknown}; known: {', '.join(AUTHORS_FIELDS)}")
         missing = [f for f in _REQUIRED_AUTHORS_FIELDS if f not in fields]
         if missing:
             raise UserError(f"config is missing fields {missing}")
-        f = {**_AUTHORS_DEFAULTS, **fields}
+        f = {**_AUTHORS_DEFAULTS, **{k: _integral(k, v) if k in _INTEGRAL_AUTHORS_FIELDS else v
+                                     for k, v in fields.items()}}
         padded_vocab = int(math.ceil(f["vocab_size"] / f["padding_multiple"]) * f["padding_multiple"])
+        for name, neutral in AUTHORS_NEUTRAL_FIELDS.items():
+            if name in f and neutral is not None and f[name] != neutral:
+                raise UserError(f"config field {name}={f[name]!r} would change the architecture; this model "
+                                f"implements {name}={neutral!r} only")
+        if f.get("padded_vocab_size") not in (None, padded_vocab):
+            raise UserError(f"config field padded_vocab_size={f['padded_vocab_size']!r} does not match vocab_size "
+                            f"{f['vocab_size']} padded to a multiple of {f['padding_multiple']} ({padded_vocab})")
         kwargs = dict(
             vocab_size=padded_vocab,
             hidden_size=f["n_embd"],
