@@ -134,6 +134,10 @@ def load_model(
     else:
         raise UserError(f"model path {path} is neither a checkpoint file nor a directory")
     model = model.to(dev).eval()
+    if dev.type == "cpu":  # transformers' linear-attention layers would pick fla's GPU-only kernels
+        from .torch_paths import use_torch_paths
+
+        use_torch_paths(model)
     if isinstance(model, GDN2ForCausalLM) and resolve_impl(impl_choice, dev) == "inference":
         from .inference import GDN2InferenceForCausalLM
 
