@@ -747,6 +747,8 @@ def bench_ruler(
                                                "random weights.")] = None,
     impl: Annotated[str, typer.Option(help="How the gdn2 backend runs GDN-2: auto, inference, reference.")] = "auto",
     long_length: Annotated[int | None, typer.Option(help="One sample at this length first (0: skip).")] = None,
+    share_compare: Annotated[bool, typer.Option(help="Also run each cell through the gdn2 backend with prefix "
+                                                "sharing off (time and tokens with and without).")] = True,
 ) -> None:
     """The RULER grid through the gdn2 backend and lm-eval's stock hf backend on the same prompts."""
     from .names import check_name
@@ -761,7 +763,7 @@ def bench_ruler(
     from .bench.ruler import main as bench_main
 
     bench_main(_bench_argv(out=out, samples=samples, lengths=lengths, model=model, impl=impl,
-                           long_length=long_length))
+                           long_length=long_length) + ([] if share_compare else ["--no-share-compare"]))
 
 
 @bench_app.command("backend")

@@ -46,10 +46,11 @@ def timed(fn) -> tuple[float, Any]:
 
 def bench(model, tok_dir: Path, *, samples: int, batch_size: int, hf_batch_size: int, long_length: int,
           hf_budget_s: float, save, grid: dict[str, list[int]] | None = None,
-          label: str | None = None, impl: str = "auto") -> dict[str, Any]:
+          label: str | None = None, impl: str = "auto", share_compare: bool = True) -> dict[str, Any]:
     """The long sample (skipped when `long_length` is 0), then the comparison over `grid` (default: the paper's;
     skipped when `samples` is 0). `save(report)` is called after every step, so a run cut short by a time limit
-    keeps what it measured. The `gdn2` backend runs `model` on the `impl` path; the stock backend runs it as given."""
+    keeps what it measured. The `gdn2` backend runs `model` on the `impl` path; the stock backend runs it as given.
+    With `share_compare`, each cell also runs through the gdn2 backend without prefix sharing (`gdn2_noshare_s`)."""
     from ..lm_backend import GDN2LM
     from ..ruler import PAPER_GRID, load_tokenizer
     from .backend import for_ours
@@ -63,18 +64,21 @@ def bench(model, tok_dir: Path, *, samples: int, batch_size: int, hf_batch_size:
         "hf_batch_size": hf_batch_size, "command": " ".join(sys.argv), "cells": {}}
     fast = for_ours(model, impl)
     ours = GDN2LM(pretrained=fast, tokenizer=str(tok_dir), batch_size=batch_size)
+    plain = GDN2LM(pretrained=fast, tokenizer=str(tok_dir), batch_size=batch_size, share_prefix="off") \
+        if share_compare else None
     report["gdn2_impl"] = ours.protocol()["impl"]
     if long_length:  # first: it is short, and a run cut off by a time limit still has it
         long_sample(report, tok, ours, long_length, save)
     if samples:
         compare(report, model, fast, tok, tok_dir, ours, samples, hf_batch_size, hf_budget_s, save,
-                PAPER_GRID if grid is None else grid)
+                PAPER_GRID if grid is None else grid, plain)
     return report
 
 
 def compare(report: dict[str, Any], model, fast, tok, tok_dir: Path, ours, samples: int, hf_batch_size: int,
-            hf_budget_s: float, save, grid: dict[str, list[int]]) -> None:
-    """The grid through both backends, cell by cell, into `report["cells"]`."""
+            hf_budget_s: float, save, grid: dict[str, list[int]], plain=None) -> None:
+    """The grid through both backends, cell by cell, into `report["cells"]`; with `plain` (the gdn2 backend with
+    prefix sharing off) also without sharing, and the tokens each prefilled."""
     from lm_eval.models.huggingface import HFLM
 
     from ..generation import greedy_generate
@@ -110,6 +114,12 @@ def compare(report: dict[str, Any], model, fast, tok, tok_dir: Path, ours, sampl
         t_ours, p_ours = runs[-1]
         cell = {"gdn2_s": t_ours,
                 "gdn2_score": 100 * sum(sample_score(p, d["outputs"]) for p, d in zip(p_ours, docs)) / len(docs)}
+        if plain is not None:
+            ours.token_stats = {"prompt_tokens": 0, "prefill_tokens": 0}
+            ours.generate_until(reqs, disable_tqdm=True)  # counted once (the timed runs above may be two)
+            t_plain, p_plain = timed(lambda reqs=reqs: plain.generate_until(reqs, disable_tqdm=True))
+            cell.update(gdn2_noshare_s=t_plain, share_speedup=t_plain / t_ours, **ours.token_stats,
+                        same_prediction_noshare=sum(a == b for a, b in zip(p_ours, p_plain)) / len(docs))
         if first:
             cell["gdn2_cold_s"] = runs[0][0]
         if spent_hf < hf_budget_s:
@@ -126,6 +136,12 @@ def compare(report: dict[str, Any], model, fast, tok, tok_dir: Path, ours, sampl
         both = [c for c in report["cells"].values() if "hf_s" in c]  # the totals so far, kept if the run is cut
         report["cells_with_both"] = len(both)
         report["speedup_on_those_cells"] = sum(c["hf_s"] for c in both) / max(1e-9, sum(c["gdn2_s"] for c in both))
+        shared = [c for c in report["cells"].values() if "gdn2_noshare_s" in c]
+        if shared:
+            noshare, ours_s = sum(c["gdn2_noshare_s"] for c in shared), sum(c["gdn2_s"] for c in shared)
+            report["share_speedup"] = noshare / max(1e-9, ours_s)
+            report["prefill_over_prompt_tokens"] = (sum(c["prefill_tokens"] for c in shared)
+                                                    / max(1, sum(c["prompt_tokens"] for c in shared)))
         print(json.dumps({f"{task}@{length}": cell}), flush=True)
         save(report)
 
@@ -169,6 +185,8 @@ def main(argv: list[str] | None = None) -> None:
                     "scores then mean something")
     ap.add_argument("--lengths", help="only these lengths of the grid, e.g. 1k,2k")
     ap.add_argument("--impl", default="auto", help="how the gdn2 backend runs GDN-2: auto, inference, reference")
+    ap.add_argument("--no-share-compare", action="store_true",
+                    help="skip the second gdn2 run of each cell with prefix sharing off")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -196,7 +214,8 @@ def main(argv: list[str] | None = None) -> None:
         label = None
     bench(model.eval(), tok_dir, samples=args.samples, batch_size=args.batch_size, hf_batch_size=args.hf_batch_size,
           long_length=args.long_length, hf_budget_s=args.hf_budget_s, grid={t: n for t, n in grid.items() if n},
-          label=label, impl=args.impl, save=lambda report: atomic_write(args.out, json.dumps(report, indent=1) + "\n"))
+          label=label, impl=args.impl, share_compare=not args.no_share_compare,
+          save=lambda report: atomic_write(args.out, json.dumps(report, indent=1) + "\n"))
 
 
 if __name__ == "__main__":
