@@ -40,7 +40,7 @@ from .errors import UserError
 from .generation import generate_from, greedy_generate, pad_batch, prefill
 from .loading import load_model, load_tokenizer
 from .model import GDN2Config
-from .prefix_tree import TREE_MIN_SAVING, PrefixWalk, default_budget, tree_tokens
+from .prefix_tree import TREE_MIN_SAVING, PrefixWalk, default_budget, join, tree_tokens
 
 PPL_PROTOCOLS = ("rolling", "carry")
 # Recurrent models have no context limit; lm-eval still asks for one (generation budget arithmetic).
@@ -134,7 +134,7 @@ class GDN2LM(HFLM):
         self.share_budget = checks.size("share_budget", share_budget)
         # tokens of the prompts as given, and tokens actually run through the model (prefix sharing saves the
         # difference); the runner records both per task
-        self.token_stats = {"prompt_tokens": 0, "prefill_tokens": 0}
+        self.reset_token_stats()
         self.ppl_protocol = ppl_protocol
         # Default window of the rolling protocol: the length the model was trained at (lm-eval's standard protocol
         # at the model's training length).
@@ -308,14 +308,12 @@ class GDN2LM(HFLM):
         for i, (_, ctx, _) in enumerate(requests):
             groups[tuple(ctx)].append(i)
         results: list[tuple[float, bool] | None] = [None] * len(requests)
-        ready: list[tuple[list[list[int]], Any, torch.Tensor]] = []
+        ready, waiting = [], 0  # walk results not scored yet, and how many requests they hold
 
         def flush():
-            units = [u for us, _, _ in ready for u in us]
-            cache = type(ready[0][1]).cat([c for _, c, _ in ready])
-            last = torch.cat([x for _, _, x in ready])
+            done, cache, last = join(ready)
             ready.clear()
-            scores = self._continue(units, requests, cache, last)
+            scores = self._continue([groups[tuple(walk.prompts[j])] for j in done], requests, cache, last)
             for i, score in scores.items():
                 results[i] = score
                 if requests[i][0] is not None:
@@ -323,15 +321,20 @@ class GDN2LM(HFLM):
             return len(scores)
 
         with tqdm(total=len(requests), disable=disable_tqdm or self.rank != 0, desc="loglikelihood") as bar:
-            for done, cache, last in walk:
-                ready.append(([groups[tuple(walk.prompts[j])] for j in done], cache, last))
-                if sum(len(u) for us, _, _ in ready for u in us) >= limit:
+            for item in walk:
+                ready.append(item)
+                waiting += sum(len(groups[tuple(walk.prompts[j])]) for j in item[0])
+                if waiting >= limit:
                     bar.update(flush())
+                    waiting = 0
             if ready:
                 bar.update(flush())
         conts = sum(len(c) - 1 for _, _, c in requests)
         self._count(sum(len(x) for _, x, _ in requests) + conts, walk.tokens_run + conts)
         return results
+
+    def reset_token_stats(self) -> None:
+        self.token_stats = {"prompt_tokens": 0, "prefill_tokens": 0}
 
     def _count(self, prompt: int, run: int) -> None:
         self.token_stats["prompt_tokens"] += prompt
@@ -491,27 +494,27 @@ class GDN2LM(HFLM):
 
     def _greedy_tree(self, walk: PrefixWalk, order: list[int], max_new: int, decode_args: dict, text):
         """Decode batches of prompts as the tree walk finishes their prefill (each from its own cache row)."""
-        ready: list[tuple[list[int], Any, torch.Tensor]] = []
+        ready, waiting, rows = [], 0, self.batch_size
 
-        def flush(rows_wanted: int):
-            nonlocal ready
-            members = [order[j] for done, _, _ in ready for j in done]
-            cache = type(ready[0][1]).cat([c for _, c, _ in ready])
-            last = torch.cat([x for _, _, x in ready])
-            ready = []
-            for b in range(0, len(members), rows_wanted):
-                idx = torch.arange(b, min(b + rows_wanted, len(members)), device=last.device)
-                part = cache.rows(idx) if len(members) > rows_wanted else cache
-                outs = generate_from(self.model, part, last[idx], max_new, **decode_args)
-                for i, toks in zip(members[b : b + rows_wanted], outs):
+        def flush():
+            done, cache, last = join(ready)
+            ready.clear()
+            members = [order[j] for j in done]
+            for b in range(0, len(members), rows):
+                idx = torch.arange(b, min(b + rows, len(members)), device=last.device)
+                part = cache.rows(idx) if len(members) > rows else cache
+                for i, toks in zip(members[b : b + rows], generate_from(self.model, part, last[idx], max_new,
+                                                                        **decode_args)):
                     yield i, text(toks)
 
-        for done, cache, last in walk:
-            ready.append((done, cache, last))
-            if sum(len(d) for d, _, _ in ready) >= self.batch_size:
-                yield from flush(self.batch_size)
+        for item in walk:
+            ready.append(item)
+            waiting += len(item[0])
+            if waiting >= rows:
+                yield from flush()
+                waiting = 0
         if ready:
-            yield from flush(self.batch_size)
+            yield from flush()
 
 
 def _finite_prefill(last: torch.Tensor) -> None:

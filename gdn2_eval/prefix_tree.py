@@ -111,8 +111,7 @@ class PrefixWalk:
         self.nodes = build_tree(prompts)
         self.order = _preorder(self.nodes)
         self.tokens_run = 0
-        self.snapshots: dict[int, object] = {}  # node -> 1-row cache after its prefix
-        self.snap_order: list[int] = []  # oldest first, for dropping
+        self.snapshots: dict[int, object] = {}  # node -> 1-row cache after its prefix, oldest first
         self.row_bytes: int | None = None
         self.dropped = 0  # snapshots evicted or never kept for want of room
 
@@ -126,18 +125,15 @@ class PrefixWalk:
     def _keep(self, node: int, snap) -> None:
         self.row_bytes = max(self.row_bytes or 1, snap.nbytes())
         while self.snapshots and (len(self.snapshots) + 1) * self.row_bytes > self.budget:
-            del self.snapshots[self.snap_order.pop(0)]  # its prompts start further up: more tokens, same result
+            del self.snapshots[next(iter(self.snapshots))]  # its prompts start further up: more tokens, same result
             self.dropped += 1
         if self.row_bytes <= self.budget:
             self.snapshots[node] = snap
-            self.snap_order.append(node)
         else:
             self.dropped += 1  # larger than the whole budget: not kept
 
     def _release(self, node: int) -> None:
-        if node in self.snapshots:
-            del self.snapshots[node]
-            self.snap_order.remove(node)
+        self.snapshots.pop(node, None)
 
     def _run(self, batch: list[int]) -> tuple[object, torch.Tensor]:
         """The edges of `batch` (nodes) in one chunked prefill, each row from its start's snapshot."""
@@ -196,3 +192,9 @@ class PrefixWalk:
             if done:
                 idx = torch.tensor(rows, device=last.device)
                 yield done, cache.rows(idx), last[idx]
+
+
+def join(results: list[tuple[list[int], object, torch.Tensor]]) -> tuple[list[int], object, torch.Tensor]:
+    """Several of a walk's `(prompt indices, cache rows, last logits)` as one batch."""
+    caches = [c for _, c, _ in results]
+    return [i for done, _, _ in results for i in done], type(caches[0]).cat(caches), torch.cat([x for *_, x in results])

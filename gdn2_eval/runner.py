@@ -282,7 +282,7 @@ def run(spec: RunSpec, progress=None) -> Path:
             unit_manager = managers[key]
         else:
             unit_manager = manager
-        lm.token_stats = {"prompt_tokens": 0, "prefill_tokens": 0}
+        lm.reset_token_stats()
         try:
             with local_datasets(spec.data_dir):
                 res = lm_eval.simple_evaluate(

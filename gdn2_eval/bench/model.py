@@ -21,6 +21,7 @@ each figure the median of `--repeats` runs after a warm-up at the same shape (th
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import os
@@ -97,18 +98,18 @@ def block_matmul_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for n, p in model.named_parameters() if ".layers." in f".{n}" and p.dim() == 2)
 
 
-class kernel_as:
-    """The inference model with another recurrence backend for the duration (its config is read on every forward)."""
-
-    def __init__(self, model: torch.nn.Module, kernel: str):
-        self.model, self.kernel = model, kernel
-
-    def __enter__(self):
-        self.saved, self.model.config.kernel = self.model.config.kernel, self.kernel
-        return self.model
-
-    def __exit__(self, *exc):
-        self.model.config.kernel = self.saved
+@contextlib.contextmanager
+def kernel_as(model: torch.nn.Module, kernel: str | None):
+    """`model` with another recurrence backend for the duration (its config is read on every forward); None: as
+    it is (fla's own model)."""
+    if kernel is None:
+        yield model
+        return
+    saved, model.config.kernel = model.config.kernel, kernel
+    try:
+        yield model
+    finally:
+        model.config.kernel = saved
 
 
 @torch.no_grad()
@@ -127,7 +128,7 @@ def prefill(ref, ours, fla, shapes, kernels, repeats: int, peak: float, log) -> 
         for name, (model, kwargs, kernel) in runs.items():
             x = ids.reshape(1, -1) if name == "fla_gdn" else ids
             call = lambda m=model, x=x, kw=kwargs: m(x, logits_to_keep=1, **kw).logits  # noqa: E731
-            with kernel_as(model, kernel) if kernel else _nothing():
+            with kernel_as(model, kernel):
                 call()  # compiles (and fla autotunes) for this shape
                 torch.cuda.reset_peak_memory_stats()
                 _, seconds = _timed(call, repeats)
@@ -140,14 +141,6 @@ def prefill(ref, ours, fla, shapes, kernels, repeats: int, peak: float, log) -> 
         log(row)
         rows.append(row)
     return rows
-
-
-class _nothing:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return None
 
 
 @torch.no_grad()

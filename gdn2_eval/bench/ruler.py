@@ -115,7 +115,7 @@ def compare(report: dict[str, Any], model, fast, tok, tok_dir: Path, ours, sampl
         cell = {"gdn2_s": t_ours,
                 "gdn2_score": 100 * sum(sample_score(p, d["outputs"]) for p, d in zip(p_ours, docs)) / len(docs)}
         if plain is not None:
-            ours.token_stats = {"prompt_tokens": 0, "prefill_tokens": 0}
+            ours.reset_token_stats()
             ours.generate_until(reqs, disable_tqdm=True)  # counted once (the timed runs above may be two)
             t_plain, p_plain = timed(lambda reqs=reqs: plain.generate_until(reqs, disable_tqdm=True))
             cell.update(gdn2_noshare_s=t_plain, share_speedup=t_plain / t_ours, **ours.token_stats,

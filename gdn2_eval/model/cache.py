@@ -77,9 +77,9 @@ class GDN2Cache:
         """The rows of several caches (same model) as one batch. Window caches of different widths are padded on
         the left first, where each row's attention masks them anyway (`widen_windows`)."""
         first = caches[0]
-        width = max((c.layers[i][k].shape[1] for c in caches for i in range(len(first.layers)) for k in ("k",)
-                     if isinstance(c.layers[i].get(k), torch.Tensor)), default=0)
-        for c in caches:
+        width = max((layer["k"].shape[1] for c in caches for layer in c.layers
+                     if isinstance(layer.get("k"), torch.Tensor)), default=0)
+        for c in caches:  # (in place: the parts are consumed)
             c.widen_windows(width)
         new = GDN2Cache(len(first.layers), 0, first.seq_lens.device)
         for i, layer in enumerate(new.layers):
