@@ -185,9 +185,14 @@ def kernel(value: str | None, device_name: str | None = None) -> str | None:
     return value
 
 
-def preset(option: str, value: str) -> str:
+def preset(option: str, value: str, baselines: bool = False) -> str:
+    """A GDN-2 preset name; with `baselines`, also one of fla's baselines the benchmarks build (`FLA_BASELINES`)."""
     from .model.configuration_gdn2 import PRESETS
 
+    if baselines:
+        from .bench.backend import FLA_BASELINES
+
+        return choice(option, value, (*PRESETS, *FLA_BASELINES))
     return choice(option, value, PRESETS)
 
 

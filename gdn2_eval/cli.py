@@ -718,6 +718,11 @@ def bench_model(
     compare_kernels: Annotated[str | None, typer.Option(help="Further recurrence kernels to time the inference "
                                                         "path with, e.g. triton.")] = None,
     merge: Annotated[bool, typer.Option(help="Update the JSON's rows of the shapes measured, keep the rest.")] = False,
+    cold_kernels: Annotated[str | None, typer.Option(help="Recurrence kernels to time the cold start with, each "
+                                                     "from an empty compile cache, e.g. auto,triton.")] = None,
+    dump_fla_configs: Annotated[Path | None, typer.Option(help="At the end, write the launch configurations fla's "
+                                                          "autotuner chose to this folder (what "
+                                                          "kernels/configs/fla/<GPU>/ keeps).")] = None,
 ) -> None:
     """The model end to end: prefill against fla's Gated DeltaNet 1.3B, the decode step against its memory floor,
     the cold start, and the inference path's logits against the reference's."""
@@ -730,11 +735,15 @@ def bench_model(
     checks.batches("--batches", batches)
     if compare_kernels is not None:
         checks.comma_subset("--compare-kernels", compare_kernels, ("fla", "triton"))
+    if cold_kernels is not None:
+        checks.comma_subset("--cold-kernels", cold_kernels, checks.BENCH_KERNELS)
+    checks.writable_dir("--dump-fla-configs", dump_fla_configs)
     _need_cuda("model")
     from .bench.model import main as bench_main
 
     bench_main(_bench_argv(out=out, preset=preset, kernel=kernel, repeats=repeats, parts=parts, shapes=shapes,
-                           batches=batches, compare_kernels=compare_kernels) + (["--merge"] if merge else []))
+                           batches=batches, compare_kernels=compare_kernels, cold_kernels=cold_kernels,
+                           dump_fla_configs=dump_fla_configs) + (["--merge"] if merge else []))
 
 
 @bench_app.command("ruler")
@@ -745,6 +754,8 @@ def bench_ruler(
     lengths: Annotated[str | None, typer.Option(help="Only these lengths of the grid, e.g. 1k,2k.")] = None,
     model: Annotated[str | None, typer.Option(help="A trained model (directory or demo name) instead of "
                                                "random weights.")] = None,
+    preset: Annotated[str, typer.Option(help="Random bf16 weights of this GDN-2 preset, or of one of fla's "
+                                        "baselines of ~1.3B: kda, gated_deltanet, mamba2.")] = "gdn2_1.3B",
     impl: Annotated[str, typer.Option(help="How the gdn2 backend runs GDN-2: auto, inference, reference.")] = "auto",
     long_length: Annotated[int | None, typer.Option(help="One sample at this length first (0: skip).")] = None,
     share_compare: Annotated[bool, typer.Option(help="Also run each cell through the gdn2 backend with prefix "
@@ -757,12 +768,13 @@ def bench_ruler(
     checks.at_least("--samples", samples, 0)
     checks.lengths("--lengths", lengths)
     check_name(model, "model")
+    checks.preset("--preset", preset, baselines=True)
     checks.choice("--impl", impl, checks.IMPLS)
     checks.at_least("--long-length", long_length, 0)
     _need_cuda("ruler")
     from .bench.ruler import main as bench_main
 
-    bench_main(_bench_argv(out=out, samples=samples, lengths=lengths, model=model, impl=impl,
+    bench_main(_bench_argv(out=out, samples=samples, lengths=lengths, model=model, preset=preset, impl=impl,
                            long_length=long_length) + ([] if share_compare else ["--no-share-compare"]))
 
 
@@ -770,7 +782,8 @@ def bench_ruler(
 @user_errors
 def bench_backend(
     out: Annotated[Path, typer.Option(help="JSON to write.")] = Path("results/bench/backend.json"),
-    models: Annotated[str, typer.Option(help="GDN-2 presets and/or kda, comma-separated.")] = "gdn2_1.3B,kda",
+    models: Annotated[str, typer.Option(help="GDN-2 presets and/or fla baselines (kda, gated_deltanet, mamba2), "
+                                        "comma-separated.")] = "gdn2_1.3B,kda",
     limit: Annotated[int, typer.Option(help="Documents per task.")] = 40,
     impl: Annotated[str, typer.Option(help="How the gdn2 backend runs GDN-2: auto, inference, reference.")] = "auto",
 ) -> None:
@@ -778,7 +791,9 @@ def bench_backend(
     from .model.configuration_gdn2 import PRESETS
 
     checks.writable_file("--out", out)
-    checks.comma_subset("--models", models, (*PRESETS, "kda"))
+    from .bench.backend import FLA_BASELINES
+
+    checks.comma_subset("--models", models, (*PRESETS, *FLA_BASELINES))
     checks.at_least("--limit", limit, 1)
     checks.choice("--impl", impl, checks.IMPLS)
     from .bench.backend import main as bench_main

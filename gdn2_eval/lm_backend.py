@@ -5,15 +5,18 @@ lm-eval's own CLI (`lm_eval --model gdn2 --model_args pretrained=...` with `--in
 gdn2_eval) can use it. It loads GDN-2 HF directories, the authors' `.pth` checkpoints (`arch=`, `tokenizer=`), fla
 baselines and plain HF causal LMs through `gdn2_eval.load_model`.
 
-For GDN-2 models, scoring is recurrent-aware and exact:
+For GDN-2 models, and for other Hugging Face causal LMs behind `gdn2_eval.hf_adapter` (fla's and transformers'
+recurrent, hybrid and attention models), scoring is recurrent-aware and exact:
 * a context shared by several requests (multiple choice) is run once; each continuation starts from a copy of its
   state;
 * inputs are fed `chunk_tokens` at a time with the recurrent, convolution and window state carried across chunks, so
   memory does not grow with length and nothing is truncated; forwards that keep no logits but the last (prompts before
   generation, shared contexts) take `prefill_tokens` at a time, since their memory holds no [T, vocab] tensor;
 * logits become log-probabilities one chunk at a time (never a [T, vocab] float32 tensor for a whole long input).
-Other models go through lm-eval's stock HF path, except that a context that does not fit their limit is an error,
-never silently truncated.
+A model with no recurrent layer keeps its positional limit: a longer input is an error, never silently truncated.
+GDN-2 models also get the prefix tree (`gdn2_eval.prefix_tree`) and a captured decode step; adapted models decode
+eagerly and share only whole contexts (`AdaptedLM.path_record` says why). A model the adapter cannot take goes
+through lm-eval's stock HF path, with the same limit check.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from . import checks
 from .distributed import balanced_call, make_accelerator, single_process
 from .errors import UserError
 from .generation import generate_from, greedy_generate, pad_batch, prefill
+from .hf_adapter import AdaptedLM, adapt
 from .loading import load_model, load_tokenizer
 from .model import GDN2Config
 from .prefix_tree import TREE_MIN_SAVING, PrefixWalk, default_budget, join, tree_tokens
@@ -107,8 +111,12 @@ class GDN2LM(HFLM):
             raise UserError(f"no tokenizer for {pretrained}: pass tokenizer=DIR (checkpoint files hold none)")
         if ppl_protocol not in PPL_PROTOCOLS:
             raise UserError(f"unknown ppl_protocol {ppl_protocol!r}; choose {', '.join(PPL_PROTOCOLS)}")
-        # the recurrent-aware path needs a cache of fixed size per row (`new_cache`), whichever class brings it
+        # the backend's own path needs `new_cache` and chunked forwards: GDN-2 models have them, other causal LMs get
+        # them from the adapter (None: a model it cannot take, run by lm-eval's stock path)
+        if not callable(getattr(model, "new_cache", None)):
+            model = adapt(model) or model
         self.recurrent = callable(getattr(model, "new_cache", None))
+        self.adapted = isinstance(model, AdaptedLM)
         if batch_size == "auto":  # batches are bounded by tokens per forward (chunk_tokens), not by probing memory
             batch_size = max_batch_size
         super().__init__(
@@ -161,10 +169,28 @@ class GDN2LM(HFLM):
 
     # ---- limits --------------------------------------------------------------------------------------------------
     @property
+    def position_limit(self) -> int | None:
+        """Longest input the model takes; None when a recurrent state carries any length."""
+        if self._max_length:
+            return self._max_length
+        if self.adapted:
+            return self.model.position_limit
+        return None if self.recurrent else super().max_length
+
+    @property
     def max_length(self) -> int:
-        if self.recurrent and not self._max_length:
-            return UNBOUNDED
-        return super().max_length
+        return self.position_limit or UNBOUNDED
+
+    def path_record(self) -> dict[str, Any]:
+        """Which path the model takes through this backend, and why (recorded with the run)."""
+        if self.adapted:
+            return self.model.path_record()
+        if not self.recurrent:
+            return {"path": "stock-hf", "why": "not a causal LM with a cache the backend can carry"}
+        return {"path": "recurrent-aware", "layers": "gdn2",
+                "why": "GDN-2: packed chunked prefill with the state carried, no length limit",
+                "decode": "cuda graph" if self.model.device.type == "cuda" else "eager",
+                "prefix_tree": self.share_prefix is not False}
 
     def protocol(self) -> dict[str, Any]:
         """The evaluation options that change numbers, recorded with every run."""
@@ -178,19 +204,19 @@ class GDN2LM(HFLM):
         }
 
     def _check_fits(self, lengths: list[int], what: str) -> None:
-        if self.recurrent:
-            return
+        limit = self.position_limit
         longest = max(lengths, default=0)
-        if longest > self.max_length:
+        if limit is not None and longest > limit:
             raise UserError(
-                f"a {what} of {longest} tokens does not fit this model's limit of {self.max_length} tokens; "
-                "it would be truncated (pass max_length=... if the model supports more, or use --limit/shorter tasks)"
+                f"a {what} of {longest} tokens does not fit this model's limit of {limit} positions "
+                "(an attention model has no state to carry past it); use shorter tasks or --limit, or pass "
+                "max_length=... if the model supports more"
             )
 
     # ---- loglikelihood -------------------------------------------------------------------------------------------
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs: int | None = None):
+        self._check_fits([len(c) + len(x) - 1 for _, c, x in requests], "context plus continuation")
         if not self.recurrent:
-            self._check_fits([len(c) + len(x) - 1 for _, c, x in requests], "context plus continuation")
             return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
         walk = self._context_walk(requests)
         if walk is not None:
@@ -296,7 +322,7 @@ class GDN2LM(HFLM):
 
     def _context_walk(self, requests) -> PrefixWalk | None:
         """The prefix tree over a call's distinct contexts, when sharing is on (or, with `auto`, saves enough)."""
-        if self.share_prefix is False:
+        if self.share_prefix is False or self.adapted:
             return None
         contexts = list(dict.fromkeys(tuple(ctx) for _, ctx, _ in requests))
         return self._walk([list(c) for c in contexts], sum(len(ctx) for _, ctx, _ in requests))
@@ -423,10 +449,10 @@ class GDN2LM(HFLM):
         replays a CUDA graph on GPUs); sampling requests and other models through lm-eval's stock path."""
         if self.world_size > 1:
             return self._balanced("generate_until", requests)
+        self._check_fits(
+            [len(self.tok_encode(r.args[0])) + self.max_gen_toks for r in requests], "prompt plus generation budget"
+        )
         if not self.recurrent:
-            self._check_fits(
-                [len(self.tok_encode(r.args[0])) + self.max_gen_toks for r in requests], "prompt plus generation budget"
-            )
             return super().generate_until(requests, disable_tqdm=disable_tqdm)
         groups: dict[str, list[int]] = defaultdict(list)
         for i, req in enumerate(requests):
@@ -465,7 +491,8 @@ class GDN2LM(HFLM):
 
         text = lambda toks: postprocess_generated_text(generation=self.tok_decode(toks), stop=until,  # noqa: E731
                                                        think_end_token=None)
-        decode_args = dict(eos_ids=sorted(eos_ids), pad_id=self._pad_id(), finished=finished if stops else None)
+        decode_args = dict(eos_ids=sorted(eos_ids), pad_id=self._pad_id(), finished=finished if stops else None,
+                           cuda_graph=False if self.adapted else None)  # an adapted model's cache is not in place
         total = sum(len(p) for p in prompts.values())
         walk = self._walk([prompts[i] for i in order], total)
         if walk is not None:
@@ -483,7 +510,7 @@ class GDN2LM(HFLM):
     def _walk(self, prompts: list[list[int]], total: int) -> PrefixWalk | None:
         """The prefix tree over `prompts` (of `total` tokens as requested), when sharing is on (or, with `auto`,
         when it saves enough)."""
-        if self.share_prefix is False or len(prompts) < 2:
+        if self.share_prefix is False or self.adapted or len(prompts) < 2:
             return None
         budget = self.share_budget or default_budget(self.model.device)
         walk = PrefixWalk(self.model, prompts, self._pad_id(), self.prefill_tokens, self.batch_size, budget,

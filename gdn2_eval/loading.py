@@ -124,7 +124,7 @@ def load_model(
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     if path.is_dir():
-        model = _load_hf_dir(path, dt, config_overrides)
+        model = _load_hf_dir(path, dt, config_overrides, gpu=dev.type == "cuda")
         tok_source = tokenizer if tokenizer is not None else (path if _has_tokenizer(path) else None)
     elif path.is_file():
         if arch is None:
@@ -133,6 +133,10 @@ def load_model(
         tok_source = tokenizer
     else:
         raise UserError(f"model path {path} is neither a checkpoint file nor a directory")
+    if dev.type != "cuda" and type(model).__module__.startswith("fla."):
+        raise UserError(f"{path.name} is fla's {type(model).__name__}, whose kernels (Triton) run only on a CUDA GPU: "
+                        "evaluate it on a GPU machine (transformers' own Mamba / Mamba-2, Qwen3-Next, KimiLinear run "
+                        "on the CPU)")
     model = model.to(dev).eval()
     if dev.type == "cpu":  # transformers' linear-attention layers would pick fla's GPU-only kernels
         from .torch_paths import use_torch_paths
@@ -168,7 +172,7 @@ def _has_tokenizer(path: Path) -> bool:
     return any((path / f).exists() for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json"))
 
 
-def _load_hf_dir(path: Path, dtype: torch.dtype, overrides: dict) -> PreTrainedModel:
+def _load_hf_dir(path: Path, dtype: torch.dtype, overrides: dict, gpu: bool = True) -> PreTrainedModel:
     cfg_file = path / "config.json"
     if not cfg_file.is_file():
         raise UserError(f"{path} is a directory without config.json, not a Hugging Face model directory")
@@ -183,9 +187,28 @@ def _load_hf_dir(path: Path, dtype: torch.dtype, overrides: dict) -> PreTrainedM
         raise UserError(f"GDN-2 options {sorted(overrides)} do not apply to a {model_type!r} model")
     _register_fla_models()
     try:
+        native = None if gpu else _transformers_class(model_type)
+        if native is not None:  # fla took this model type over (Mamba, Mamba-2); its kernels need a GPU
+            return native.from_pretrained(str(path), dtype=dtype)
         return AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
     except (OSError, ValueError, KeyError) as e:
         raise UserError(f"could not load {path} as a causal LM: {str(e).splitlines()[0]}") from None
+
+
+def _transformers_class(model_type: str | None):
+    """transformers' own causal-LM class for `model_type` where fla registered its own class for the same type, else
+    None. fla's port of Mamba / Mamba-2 reads the same checkpoints but runs only on a GPU."""
+    import transformers
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    name = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type or "")
+    try:
+        mapped = AutoModelForCausalLM._model_mapping[transformers.AutoConfig.for_model(model_type).__class__]
+    except (KeyError, ValueError):
+        return None
+    if name is None or mapped.__module__.startswith("transformers."):
+        return None
+    return getattr(transformers, name, None)
 
 
 def _load_authors_checkpoint(path: Path, arch: str | Path, dtype: torch.dtype, overrides: dict) -> GDN2ForCausalLM:

@@ -4,26 +4,19 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import json
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import torch
 
-# Families of fla and HF baselines by model_type, as the paper groups them.
-FAMILY_BY_MODEL_TYPE = {
-    "gated_deltanet": "recurrent",
-    "kda": "recurrent",
-    "mamba2": "recurrent",
-    "mamba3": "recurrent",
-    "mamba": "recurrent",
-    "delta_net": "recurrent",
-    "gla": "recurrent",
-    "rwkv7": "recurrent",
-    "samba": "hybrid",
-    "transformer": "transformer",
-    "llama": "transformer",
+# Families of fla and HF baselines by model_type, as the paper groups them: data in model_families.json.
+FAMILY_BY_MODEL_TYPE: dict[str, str] = {
+    k: v for k, v in json.loads((Path(__file__).parent / "model_families.json").read_text()).items()
+    if not k.startswith("_")
 }
+FAMILY_BY_LAYERS = {"recurrent": "recurrent", "hybrid": "hybrid", "attention": "transformer"}
 _PACKAGES = (
     "gdn2-eval",
     "torch",
@@ -112,5 +105,18 @@ def describe_model(model: torch.nn.Module, path: str) -> dict[str, Any]:
             output_gate_act=config.output_gate_act,
         )
     else:
-        desc["family"] = FAMILY_BY_MODEL_TYPE.get(config.model_type, "other")
+        desc["family"] = family_of(model)
+        record = model.path_record() if callable(getattr(model, "path_record", None)) else {}
+        if record.get("state_bytes_per_layer"):
+            desc["state_bytes_per_layer"] = record["state_bytes_per_layer"]
     return desc
+
+
+def family_of(model: torch.nn.Module) -> str:
+    """The tables' family of a baseline: its model_type in `model_families.json`, else what its layers are (an
+    adapted model knows: `AdaptedLM.path_record`), else "other"."""
+    known = FAMILY_BY_MODEL_TYPE.get(model.config.model_type)
+    if known:
+        return known
+    record = model.path_record() if callable(getattr(model, "path_record", None)) else {}
+    return FAMILY_BY_LAYERS.get(record.get("layers"), "other")

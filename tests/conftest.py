@@ -15,12 +15,12 @@ if not torch.cuda.is_available() and os.environ.get("GDN2_TRITON_TEST_DEVICE", "
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import gdn2_eval  # noqa: F401  (registers the model type)
+from gdn2_eval import GDN2Config, GDN2ForCausalLM
 from gdn2_eval.kernels.fla_configs import use_pinned_configs
 
 # On a GPU, fla reads the launch configurations kept in the repository instead of autotuning every tiny test shape
 # (a no-op without CUDA); as in the loaders, before anything imports fla's kernels.
 use_pinned_configs()
-from gdn2_eval import GDN2Config, GDN2ForCausalLM
 
 # A hybrid in the authors' field names: GQA (2 query groups for 4 heads), window smaller than the test prompts.
 TINY_HYBRID_FIELDS = dict(

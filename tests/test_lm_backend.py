@@ -174,10 +174,10 @@ def test_non_recurrent_model_refuses_to_truncate(tmp_path, tokenizer_dir):
     LlamaForCausalLM(cfg).save_pretrained(tmp_path / "llama")
     AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(tmp_path / "llama")
     lm = GDN2LM(str(tmp_path / "llama"), device="cpu", dtype="fp32")
-    assert not lm.recurrent and lm.max_length == 64
+    assert lm.adapted and lm.position_limit == lm.max_length == 64  # the backend's own path, with its KV cache
     ok = lm.loglikelihood(ll_requests([(words(10, 1), " w3")]))
     assert len(ok) == 1
-    with pytest.raises(UserError, match="does not fit this model's limit of 64 tokens"):
+    with pytest.raises(UserError, match="does not fit this model's limit of 64 positions"):
         lm.loglikelihood(ll_requests([(words(100, 1), " w3")]))
 
 

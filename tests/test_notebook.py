@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-# the notebook tools are test extras; a machine without them (the GPU one) skips this module rather than failing to collect
-nbformat = pytest.importorskip("nbformat")
-NotebookClient = pytest.importorskip("nbclient").NotebookClient
 from test_plots import depth_samples
 from test_tables import make_run
+
+# the notebook tools are test extras: a machine without them (the GPU one) skips this module, not fails to collect
+nbformat = pytest.importorskip("nbformat")
+NotebookClient = pytest.importorskip("nbclient").NotebookClient
 
 REPO = Path(__file__).parent.parent
 NOTEBOOK = REPO / "notebooks" / "results_tour.ipynb"

@@ -41,13 +41,26 @@ def table2_requests(data_dir: Path, limit: int) -> dict[str, list]:
     return by_type
 
 
-def build_model(kind: str, device: str, kernel: str) -> torch.nn.Module:
-    torch.manual_seed(0)
-    if kind == "kda":
-        import fla  # noqa: F401  (registers fla's models)
-        from fla.models import KDAConfig, KDAForCausalLM
+# fla's baselines of about 1.3B parameters, random weights: name -> (config class, model class, shape)
+FLA_BASELINES = {
+    "kda": ("KDAConfig", "KDAForCausalLM", KDA_SHAPE),
+    "gated_deltanet": ("GatedDeltaNetConfig", "GatedDeltaNetForCausalLM",
+                       dict(hidden_size=2048, num_hidden_layers=21, num_heads=16, head_dim=128, expand_v=1.0,
+                            vocab_size=32000)),
+    "mamba2": ("Mamba2Config", "Mamba2ForCausalLM",
+               dict(hidden_size=2048, num_hidden_layers=48, num_heads=64, head_dim=64, state_size=128, expand=2,
+                    n_groups=1, vocab_size=32000)),
+}
 
-        model = KDAForCausalLM(KDAConfig(**KDA_SHAPE))
+
+def build_model(kind: str, device: str, kernel: str) -> torch.nn.Module:
+    """A GDN-2 preset (`gdn2_1.3B`, ...) or one of fla's baselines (`FLA_BASELINES`), random weights in bf16."""
+    torch.manual_seed(0)
+    if kind in FLA_BASELINES:
+        import fla.models  # registers fla's models
+
+        config_cls, model_cls, shape = FLA_BASELINES[kind]
+        model = getattr(fla.models, model_cls)(getattr(fla.models, config_cls)(**shape))
     else:
         from ..model import GDN2Config, GDN2ForCausalLM
 
@@ -161,6 +174,7 @@ def bench(kinds: list[str], limit: int, batch_size: int, kernel: str = "fla", re
         report["models"][kind] = {
             "parameters": sum(p.numel() for p in model.parameters()),
             "recurrent_aware_path": ours.recurrent,
+            "backend_path": ours.path_record(),
             "gdn2_impl": ours.protocol()["impl"],
             "gdn2_seconds": t_ours,
             "hf_seconds": t_stock,
@@ -183,7 +197,8 @@ def bench(kinds: list[str], limit: int, batch_size: int, kernel: str = "fla", re
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", default="gdn2_1.3B,kda", help="GDN-2 preset names and/or 'kda'")
+    ap.add_argument("--models", default="gdn2_1.3B,kda",
+                    help=f"GDN-2 preset names and/or fla baselines ({', '.join(FLA_BASELINES)})")
     ap.add_argument("--limit", type=int, default=40, help="documents per task")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--kernel", default="fla", help="GDN-2 kernel path (fla, triton, torch)")

@@ -60,13 +60,14 @@ def bench(model, tok_dir: Path, *, samples: int, batch_size: int, hf_batch_size:
     report: dict[str, Any] = {
         "device": torch.cuda.get_device_name(weight.device) if weight.is_cuda else "cpu",
         "model": label or f"{getattr(model.config, 'preset', None) or 'custom'} (random weights, {weight.dtype})",
-        "kernel": model.config.kernel, "samples_per_cell": samples, "gdn2_batch_size": batch_size,
+        "kernel": getattr(model.config, "kernel", None), "samples_per_cell": samples, "gdn2_batch_size": batch_size,
         "hf_batch_size": hf_batch_size, "command": " ".join(sys.argv), "cells": {}}
     fast = for_ours(model, impl)
     ours = GDN2LM(pretrained=fast, tokenizer=str(tok_dir), batch_size=batch_size)
     plain = GDN2LM(pretrained=fast, tokenizer=str(tok_dir), batch_size=batch_size, share_prefix="off") \
         if share_compare else None
     report["gdn2_impl"] = ours.protocol()["impl"]
+    report["backend_path"] = ours.path_record()
     if long_length:  # first: it is short, and a run cut off by a time limit still has it
         long_sample(report, tok, ours, long_length, save)
     if samples:
@@ -93,7 +94,7 @@ def compare(report: dict[str, Any], model, fast, tok, tok_dir: Path, ours, sampl
     warm = requests_for(next(iter(cells.values()))[:4])  # compile / autotune outside the timings
     ours.generate_until(warm, disable_tqdm=True), stock.generate_until(warm, disable_tqdm=True)
 
-    if next(model.parameters()).is_cuda:
+    if next(model.parameters()).is_cuda and callable(getattr(fast, "new_cache", None)):
         # the captured decode step against the eager one on the real model: same kernels, so the same tokens
         prompts = [prompt_ids(d, tok) for d in next(iter(cells.values()))[:16]]
         t_eager, eager = timed(lambda: greedy_generate(fast, prompts, 64, cuda_graph=False))
@@ -180,7 +181,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--long-length", type=int, default=131072, help="one sample at this length (0: skip)")
     ap.add_argument("--hf-budget-s", type=float, default=400.0, help="stop running hf cells after this many seconds")
     ap.add_argument("--kernel", help="GDN-2 kernel [default: fla for the preset, the model's own for --model]")
-    ap.add_argument("--preset", default="gdn2_1.3B", help="model preset, random weights in bf16")
+    ap.add_argument("--preset", default="gdn2_1.3B",
+                    help="a GDN-2 preset or an fla baseline (kda, gated_deltanet, mamba2), random weights in bf16")
     ap.add_argument("--model", help="a trained model instead (HF directory or a demo name), with its tokenizer; "
                     "scores then mean something")
     ap.add_argument("--lengths", help="only these lengths of the grid, e.g. 1k,2k")
@@ -208,10 +210,14 @@ def main(argv: list[str] | None = None) -> None:
 
         tok_dir = Path(tempfile.mkdtemp(prefix="bench-ruler-")) / "tok"
         train_bpe([builtin_essay().text, TEMPLATE, ANSWER_PREFIX, NOISE] * 4, 8000).save_pretrained(tok_dir)
-        torch.manual_seed(0)
-        config = GDN2Config.from_preset(args.preset, kernel=args.kernel or "fla")
-        model = GDN2ForCausalLM(config).to("cuda", torch.bfloat16)
-        label = None
+        from .backend import FLA_BASELINES, build_model
+
+        if args.preset in FLA_BASELINES:  # through the backend's adapter (`gdn2_eval.hf_adapter`)
+            model, label = build_model(args.preset, "cuda", "fla"), f"fla {args.preset} (random weights, bf16)"
+        else:
+            torch.manual_seed(0)
+            config = GDN2Config.from_preset(args.preset, kernel=args.kernel or "fla")
+            model, label = GDN2ForCausalLM(config).to("cuda", torch.bfloat16), None
     bench(model.eval(), tok_dir, samples=args.samples, batch_size=args.batch_size, hf_batch_size=args.hf_batch_size,
           long_length=args.long_length, hf_budget_s=args.hf_budget_s, grid={t: n for t, n in grid.items() if n},
           label=label, impl=args.impl, share_compare=not args.no_share_compare,

@@ -1,0 +1,279 @@
+"""Any Hugging Face causal LM behind the interface the `gdn2` backend's own path uses (`new_cache`, chunked forwards
+with the state carried, row selection), so that fla's and transformers' baselines (Gated DeltaNet, KDA, Mamba-2,
+Qwen3-Next, KimiLinear, Llama, ...) are scored and generated the way GDN-2 models are.
+
+How rows of one batch stay exactly what they would be alone: prompts are left-padded, and every forward gets the
+0/1 mask of all columns so far and each row's own positions (`position_ids` counted over its real tokens only), as
+Hugging Face's `generate` does. Recurrent layers zero their padded inputs (a zero state stays zero through them) and
+attention layers mask the padded keys; the tests check both against one row alone, per model family.
+
+What differs from GDN-2's own model (each recorded with a run, `path_record`):
+* the cache is the model's own (``DynamicCache`` and its linear-attention layers, fla's ``Cache``), replaced rather than
+  updated in place by each step, so decoding runs eagerly (no CUDA graph);
+* padding in the middle of a row (a prefix-tree snapshot continued by a shorter edge) would pass through a recurrent
+  layer's decay, so the prefix tree is not used; contexts shared by several continuations still run once;
+* a model with no recurrent layer keeps its positional limit (`position_limit`): a longer prompt is an error.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from typing import Any
+
+import torch
+from torch import nn
+
+# Where the models take their cache in `forward` and return it (`cache` in newer transformers, `past_key_values`
+# before, `cache_params` in older Mamba ports).
+CACHE_ARGS = ("cache", "past_key_values", "cache_params")
+
+
+class AdaptedCache:
+    """A batch's state: the model's own cache object (None before the first forward), the 0/1 mask of every column
+    consumed and each row's count of real tokens. Rows are dimension 0 of every tensor in the model's cache."""
+
+    def __init__(self, batch_size: int, device: torch.device | str) -> None:
+        self.inner: Any = None
+        self.mask = torch.zeros(batch_size, 0, dtype=torch.long, device=device)
+        self.seq_lens = torch.zeros(batch_size, dtype=torch.long, device=device)
+
+    @property
+    def batch_size(self) -> int:
+        return self.seq_lens.numel()
+
+    @property
+    def seen_columns(self) -> int:
+        return self.mask.shape[1]
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.seen_columns
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        """Keep (or repeat) the given rows."""
+        idx = indices.to(self.mask.device)
+        _map_tensors(self.inner, lambda t: t.index_select(0, idx.to(t.device)))
+        self.mask, self.seq_lens = self.mask[idx], self.seq_lens[idx]
+
+    def copy(self) -> AdaptedCache:
+        new = AdaptedCache(0, self.mask.device)
+        new.inner = copy.deepcopy(self.inner)
+        new.mask, new.seq_lens = self.mask.clone(), self.seq_lens.clone()
+        return new
+
+    def rows(self, indices: torch.Tensor) -> AdaptedCache:
+        new = self.copy()
+        new.batch_select_indices(indices)
+        return new
+
+    @staticmethod
+    def cat(caches: list[AdaptedCache]) -> AdaptedCache:
+        """The rows of several caches with the same columns consumed (the backend joins rows of one prefill)."""
+        widths = {c.seen_columns for c in caches}
+        if len(widths) > 1:
+            raise ValueError(f"cannot join caches of {sorted(widths)} columns")
+        new = caches[0].copy()
+        parts = [c.inner for c in caches]
+        _zip_tensors(new.inner, parts, lambda ts: torch.cat(ts))
+        new.mask = torch.cat([c.mask for c in caches])
+        new.seq_lens = torch.cat([c.seq_lens for c in caches])
+        return new
+
+    def nbytes(self) -> int:
+        total = [0]
+
+        def count(t):
+            total[0] += t.numel() * t.element_size()
+            return t
+
+        _map_tensors(self.inner, count)
+        return total[0]
+
+
+class AdaptedLM(nn.Module):
+    """`model` (a Hugging Face causal LM) with `new_cache(batch)` and a forward that takes the backend's chunk masks;
+    every other attribute is the model's own."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.inner = model
+        params = inspect.signature(model.forward).parameters
+        self.cache_arg = next((a for a in CACHE_ARGS if a in params), "past_key_values")
+        self.takes_positions = "position_ids" in params
+        self.takes_logits_to_keep = "logits_to_keep" in params
+        self.fixed_state_bytes: int | None = None  # bytes per row when the cache does not grow with length
+        self.has_attention = True
+        self._probe()
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["inner"], name)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.inner.parameters()).device
+
+    @property
+    def recurrent(self) -> bool:
+        """Whether the model carries a recurrent state (so no positional limit applies to it)."""
+        return self._recurrent
+
+    @property
+    def position_limit(self) -> int | None:
+        """The longest input a model with no recurrent layer takes (its position table); None for recurrent ones."""
+        if self._recurrent:
+            return None
+        limit = getattr(self.inner.config, "max_position_embeddings", None)
+        return int(limit) if limit else None
+
+    def new_cache(self, batch_size: int) -> AdaptedCache:
+        return AdaptedCache(batch_size, self.device)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                past_key_values: AdaptedCache | None = None, use_cache: bool = True, logits_to_keep: int = 0,
+                packed: bool | None = None, **kwargs: Any):
+        """One chunk of columns: `attention_mask` covers this chunk only (None: all real), the cache carries the rest.
+        `packed` is GDN-2's layout switch and means nothing here."""
+        cache = past_key_values if past_key_values is not None else self.new_cache(input_ids.shape[0])
+        step = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(input_ids.device).long()
+        start = cache.seen_columns
+        positions = (cache.seq_lens[:, None] + step.cumsum(1) - 1).clamp(min=0)
+        cache.mask = torch.cat([cache.mask, step], 1)
+        cache.seq_lens = cache.seq_lens + step.sum(1)
+        args: dict[str, Any] = {self.cache_arg: cache.inner, "use_cache": True, "attention_mask": cache.mask,
+                                "cache_position": torch.arange(start, start + input_ids.shape[1],
+                                                               device=input_ids.device)}
+        if self.takes_positions:
+            args["position_ids"] = positions
+        if self.takes_logits_to_keep:
+            args["logits_to_keep"] = logits_to_keep
+        out = self.inner(input_ids, **args)
+        cache.inner = next(getattr(out, a) for a in CACHE_ARGS if getattr(out, a, None) is not None)
+        if not self.takes_logits_to_keep and logits_to_keep:
+            out.logits = out.logits[:, -logits_to_keep:]
+        return out
+
+    @torch.no_grad()
+    def _probe(self) -> None:
+        """Whether the cache grows with length (attention) or not (recurrent state only), from two short forwards."""
+        cache = self.new_cache(1)
+        ids = torch.ones(1, 4, dtype=torch.long, device=self.device)
+        self(ids, past_key_values=cache, logits_to_keep=1)
+        first = cache.nbytes()
+        self(ids, past_key_values=cache, logits_to_keep=1)
+        grows = cache.nbytes() - first
+        self._recurrent = _has_recurrent_state(cache.inner)
+        self.has_attention = grows > 0
+        self.fixed_state_bytes = first if grows == 0 else None
+        self.state_bytes_per_layer = _state_bytes_per_layer(cache.inner) if self._recurrent else None
+
+    def path_record(self) -> dict[str, Any]:
+        """Which path this model takes through the backend, and why (recorded with each run)."""
+        kind = ("recurrent" if not self.has_attention else "hybrid") if self._recurrent else "attention"
+        return {
+            "path": "recurrent-aware" if self._recurrent else "kv-cache",
+            "layers": kind,
+            "why": {
+                "recurrent": "fixed-size state per layer: chunked prefill with the state carried, no length limit",
+                "hybrid": "recurrent layers with attention layers: chunked prefill with state and keys carried, "
+                          "no length limit",
+                "attention": f"attention only: chunked prefill with the KV cache, limited to {self.position_limit} "
+                             "positions",
+            }[kind],
+            "decode": "eager (the model's cache is replaced, not updated in place, each step: no CUDA graph)",
+            "prefix_tree": False,
+            "state_bytes_per_row": self.fixed_state_bytes,
+            "state_bytes_per_layer": self.state_bytes_per_layer,
+        }
+
+
+def adapt(model: nn.Module) -> AdaptedLM | None:
+    """`model` behind the backend's interface, or None when it is not a causal LM with a cache (lm-eval's stock path
+    then runs it)."""
+    try:
+        return AdaptedLM(model)
+    except (TypeError, ValueError, AttributeError, NotImplementedError, StopIteration):
+        return None
+
+
+# ---- walking a model's cache -----------------------------------------------------------------------------------
+def _children(obj: Any) -> list[tuple[Any, Any]]:
+    """(key, value) pairs of a container or of a cache object's attributes."""
+    if isinstance(obj, dict):
+        return list(obj.items())
+    if isinstance(obj, (list, tuple)):
+        return list(enumerate(obj))
+    if _is_cache_object(obj):
+        return list(vars(obj).items())
+    return []
+
+
+def _is_cache_object(obj: Any) -> bool:
+    mod = type(obj).__module__
+    return hasattr(obj, "__dict__") and (mod.startswith(("transformers.cache_utils", "fla.")) or "Cache" in
+                                         type(obj).__name__ or "Layer" in type(obj).__name__) \
+        and not isinstance(obj, (nn.Module, torch.Tensor))
+
+
+def _set(obj: Any, key: Any, value: Any) -> Any:
+    """`obj` with `key` set to `value` (tuples are rebuilt; returns the object to store in the parent)."""
+    if isinstance(obj, tuple):
+        return tuple(value if i == key else v for i, v in enumerate(obj))
+    if isinstance(obj, (list, dict)):
+        obj[key] = value
+    else:
+        setattr(obj, key, value)
+    return obj
+
+
+def _map_tensors(obj: Any, fn) -> Any:
+    """Replace every tensor (of at least one dimension) in a cache object by `fn(tensor)`, in place where it can."""
+    if isinstance(obj, torch.Tensor):
+        return fn(obj) if obj.dim() > 0 else obj
+    for key, value in _children(obj):
+        new = _map_tensors(value, fn)
+        if new is not value:
+            obj = _set(obj, key, new)
+    return obj
+
+
+def _zip_tensors(target: Any, parts: list[Any], fn) -> Any:
+    """Set every tensor of `target` to `fn` of the tensors at the same place in `parts` (same structure)."""
+    if isinstance(target, torch.Tensor):
+        return fn(parts) if target.dim() > 0 else target
+    for key, value in _children(target):
+        subs = [dict(_children(p))[key] for p in parts]
+        new = _zip_tensors(value, subs, fn)
+        if new is not value:
+            target = _set(target, key, new)
+    return target
+
+
+def _named_tensors(obj: Any, prefix: str = "") -> list[tuple[str, torch.Tensor]]:
+    if isinstance(obj, torch.Tensor):
+        return [(prefix, obj)] if obj.dim() > 0 else []
+    out = []
+    for key, value in _children(obj):
+        out += _named_tensors(value, f"{prefix}.{key}" if prefix else str(key))
+    return out
+
+
+_RECURRENT_NAMES = ("recurrent", "conv", "ssm", "state")
+
+
+def _has_recurrent_state(inner: Any) -> bool:
+    return any(any(w in name.lower() for w in _RECURRENT_NAMES) and "attn" not in name.lower()
+               for name, _ in _named_tensors(inner))
+
+
+def _state_bytes_per_layer(inner: Any) -> dict[str, int]:
+    """Bytes of one row's recurrent and conv state per layer (attention keys are not a fixed-size state)."""
+    out: dict[str, int] = {}
+    for name, t in _named_tensors(inner):
+        low = name.lower()
+        if any(w in low for w in _RECURRENT_NAMES) and "attn" not in low:
+            layer = name.split(".")[1] if name.startswith("layers.") else name.split(".")[0]
+            out[layer] = out.get(layer, 0) + t[0].numel() * t.element_size()
+    return out

@@ -1,0 +1,214 @@
+"""Baselines on the backend's own path (`gdn2_eval.hf_adapter`): transformers' KimiLinear, Qwen3-Next (Gated DeltaNet
+hybrids), Mamba-2 (recurrent only) and Llama (attention only), tiny and random, built here. On the CPU their linear
+layers run on their PyTorch paths (`gdn2_eval.torch_paths`)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from gdn2_eval.errors import UserError
+
+from conftest import bpe_tokenizer, cli, summary, write_user_tasks
+
+transformers = pytest.importorskip("transformers")
+VOCAB = 640  # the BPE's 600 entries fit
+
+
+def _qwen3_next(limit: int = 4096):
+    return transformers.Qwen3NextForCausalLM(transformers.Qwen3NextConfig(
+        vocab_size=VOCAB, hidden_size=64, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=32, linear_num_value_heads=2, linear_num_key_heads=2, linear_key_head_dim=16,
+        linear_value_head_dim=16, num_experts=2, num_experts_per_tok=1, moe_intermediate_size=32,
+        shared_expert_intermediate_size=32, layer_types=["linear_attention", "full_attention"],
+        max_position_embeddings=limit))
+
+
+def _kimi_linear(limit: int = 4096):
+    return transformers.KimiLinearForCausalLM(transformers.KimiLinearConfig(
+        vocab_size=VOCAB, hidden_size=64, intermediate_size=64, moe_intermediate_size=32, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=2, kv_lora_rank=16, q_lora_rank=None, qk_rope_head_dim=8,
+        v_head_dim=16, qk_nope_head_dim=16, num_local_experts=2, num_experts_per_tok=1, n_shared_experts=1,
+        mlp_layer_types=["dense", "dense"], layer_types=["linear_attention", "full_attention"], linear_head_dim=16,
+        linear_num_heads=2, pad_token_id=0, bos_token_id=1, eos_token_id=2, max_position_embeddings=limit))
+
+
+def _mamba2(limit: int = 4096):
+    del limit  # Mamba-2 has no positions
+    return transformers.Mamba2ForCausalLM(transformers.Mamba2Config(
+        vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_heads=4, head_dim=32, state_size=16, n_groups=1,
+        expand=2, chunk_size=16, pad_token_id=0))
+
+
+def _llama(limit: int = 4096):
+    return transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=VOCAB, hidden_size=64, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, max_position_embeddings=limit))
+
+
+BUILD = {"kimi_linear": _kimi_linear, "qwen3_next": _qwen3_next, "mamba2": _mamba2, "llama": _llama}
+# what each run records: the path it took and the tables' family
+EXPECTED = {
+    "kimi_linear": ("recurrent-aware", "hybrid", "hybrid"),
+    "qwen3_next": ("recurrent-aware", "hybrid", "hybrid"),
+    "mamba2": ("recurrent-aware", "recurrent", "recurrent"),
+    "llama": ("kv-cache", "attention", "transformer"),
+}
+
+
+def _build(name: str, seed: int = 0, **kw):
+    from gdn2_eval.torch_paths import use_torch_paths
+
+    torch.manual_seed(seed)
+    model = BUILD[name](**kw).eval()
+    use_torch_paths(model)
+    return model
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return bpe_tokenizer(600)
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory, tokenizer):
+    root = tmp_path_factory.mktemp("baselines")
+    out = {}
+    for name in BUILD:
+        _build(name).save_pretrained(root / name)
+        tokenizer.save_pretrained(root / name)
+        out[name] = root / name
+    return out
+
+
+def _lm(name: str, tokenizer, **kw):
+    from gdn2_eval.lm_backend import GDN2LM
+
+    opts = {"batch_size": 4, "device": "cpu", **kw}
+    return GDN2LM(pretrained=_build(name, **{k: opts.pop(k) for k in ("limit",) if k in opts}), tokenizer=tokenizer,
+                  **opts)
+
+
+def _requests(tokenizer, n: int = 6, seed: int = 0):
+    """(None, context, continuation) token requests of varied lengths, two continuations per context."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        ctx = torch.randint(3, 600, (int(torch.randint(20, 90, (1,), generator=g)),), generator=g).tolist()
+        for _ in range(2):
+            out.append((None, ctx, torch.randint(3, 600, (int(torch.randint(1, 9, (1,), generator=g)),),
+                                                   generator=g).tolist()))
+    return out
+
+
+def _whole_pass(model, requests) -> list[float]:
+    """Each request's log-likelihood from one forward of the model over context + continuation, alone."""
+    out = []
+    with torch.no_grad():
+        for _, ctx, cont in requests:
+            ids = torch.tensor([ctx + cont])
+            lp = torch.log_softmax(model(ids).logits[0].double(), -1)
+            out.append(sum(float(lp[len(ctx) - 1 + j, t]) for j, t in enumerate(cont)))
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(BUILD))
+def test_chunked_batched_scoring_equals_one_whole_pass_per_request(name, tokenizer):
+    requests = _requests(tokenizer)
+    whole = _whole_pass(_build(name), requests)
+    # small chunks: every context crosses several chunk borders with the state carried
+    # one row per request, and each context run once for both its continuations (state copied per row)
+    for kw in ({"batch_size": 4, "chunk_tokens": 64, "prefill_tokens": 64},
+               {"batch_size": 1, "chunk_tokens": 16, "prefill_tokens": 16},
+               {"batch_size": 4, "chunk_tokens": 64, "prefill_tokens": 48, "share_prefix": "on"}):
+        lm = _lm(name, tokenizer, **kw)
+        assert lm.recurrent and lm.adapted
+        got = [lp for lp, _ in lm._loglikelihood_tokens(requests, disable_tqdm=True)]
+        torch.testing.assert_close(torch.tensor(got), torch.tensor(whole), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", sorted(BUILD))
+def test_batched_greedy_generation_equals_each_row_alone(name, tokenizer):
+    from gdn2_eval.generation import greedy_generate
+
+    lm = _lm(name, tokenizer, batch_size=4)
+    g = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(3, 600, (n,), generator=g).tolist() for n in (70, 33, 52, 9)]
+    batched = greedy_generate(lm.model, prompts, 6, chunk_tokens=40, cuda_graph=False)
+    alone = [greedy_generate(lm.model, [p], 6, chunk_tokens=1000, cuda_graph=False)[0] for p in prompts]
+    hf = [lm.model.inner.generate(torch.tensor([p]), max_new_tokens=6, do_sample=False, pad_token_id=0)[0, len(p):]
+          .tolist() for p in prompts]
+    assert batched == alone == hf
+
+
+def test_a_recurrent_model_takes_prompts_beyond_its_positions_and_attention_refuses_them(tokenizer):
+    requests = [(None, list(range(3, 203)), [5, 6, 7])]  # 202 positions
+    recurrent = _lm("qwen3_next", tokenizer, limit=64)
+    assert recurrent.position_limit is None
+    (lp, _), = recurrent._loglikelihood_tokens(requests, disable_tqdm=True)
+    assert torch.isfinite(torch.tensor(lp))
+    attention = _lm("llama", tokenizer, limit=64)
+    assert attention.position_limit == 64
+    with pytest.raises(UserError) as err:
+        attention._loglikelihood_tokens(requests, disable_tqdm=True)
+    assert "limit of 64 positions" in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("name", sorted(BUILD))
+def test_baselines_run_a_ruler_and_a_multiple_choice_task_and_record_their_path(name, model_dirs, tmp_path):
+    tasks = write_user_tasks(tmp_path / "tasks", n_mc=6, n_docs=2, doc_words=40)
+    out = tmp_path / "run"
+    res = cli("run", "--model", model_dirs[name], "--tasks", "niah_single_1,tiny_mc", "--tasks-dir", tasks,
+              "--lengths", "1k", "--samples", "3", "--device", "cpu", "--batch-size", "3", "--out", out)
+    assert res.exit_code == 0, res.output
+    rows = summary(out / "summary.csv")
+    path, layers, family = EXPECTED[name]
+    assert {r["task"] for r in rows} == {"niah_single_1", "tiny_mc"}
+    assert all(r["family"] == family for r in rows)
+    model = json.loads((out / "results.json").read_text())["model"]
+    assert model["backend_path"]["path"] == path and model["backend_path"]["layers"] == layers
+    assert model["backend_path"]["why"]
+    if layers == "recurrent":
+        assert model["backend_path"]["state_bytes_per_row"] > 0 and model["state_bytes_per_layer"]
+    preds = [json.loads(line)["resps"][0][0] for line in (out / "samples" / "niah_single_1@1024.jsonl").open()]
+    assert len(preds) == 3 and all(isinstance(p, str) for p in preds)
+
+
+def test_an_attention_model_past_its_positions_is_one_line_and_exit_2(tokenizer, tmp_path):
+    short = tmp_path / "llama-short"
+    _build("llama", limit=512).save_pretrained(short)
+    tokenizer.save_pretrained(short)
+    out = tmp_path / "run"
+    res = cli("run", "--model", short, "--tasks", "niah_single_1", "--lengths", "1k", "--samples", "2",
+              "--device", "cpu", "--out", out)
+    assert res.exit_code == 2, res.output
+    # the refusal comes right after loading the weights (their progress bar), before any request runs
+    assert res.stderr.strip().splitlines()[-1].startswith("error: ") and "Traceback" not in res.output, res.stderr
+    last = res.stderr.strip().splitlines()[-1]
+    assert [line for line in res.stderr.splitlines() if "error" in line.lower()] == [last]
+    assert "limit of 512 positions" in res.stderr and not out.exists()
+
+
+def test_an_fla_model_loads_its_hub_layout_and_on_the_cpu_is_one_line(tokenizer, tmp_path):
+    """fla's models register with transformers' Auto classes on import (no trust_remote_code); their kernels need a
+    GPU, so on the CPU the run stops with one line before any work."""
+    fla_models = pytest.importorskip("fla.models")
+    from gdn2_eval.loading import load_model
+
+    fla_dir = tmp_path / "gdn-fla"
+    fla_models.GatedDeltaNetForCausalLM(fla_models.GatedDeltaNetConfig(
+        hidden_size=64, num_hidden_layers=2, num_heads=2, head_dim=32, vocab_size=VOCAB)).save_pretrained(fla_dir)
+    tokenizer.save_pretrained(fla_dir)
+    assert json.loads((fla_dir / "config.json").read_text())["model_type"] == "gated_deltanet"
+    if torch.cuda.is_available():
+        model, _ = load_model(fla_dir)
+        assert type(model).__module__.startswith("fla.")
+        return
+    with pytest.raises(UserError, match="run only on a CUDA GPU"):
+        load_model(fla_dir, device="cpu")
+    res = cli("run", "--model", fla_dir, "--tasks", "niah_single_1", "--lengths", "1k", "--samples", "1",
+              "--device", "cpu", "--out", tmp_path / "run")
+    assert res.exit_code == 2 and res.stderr.strip().splitlines()[-1].startswith("error: "), res.output
+    assert "GatedDeltaNetForCausalLM" in res.stderr and not (tmp_path / "run").exists()
