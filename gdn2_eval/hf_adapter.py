@@ -99,7 +99,9 @@ class AdaptedLM(nn.Module):
         self.inner = model
         params = inspect.signature(model.forward).parameters
         self.cache_arg = next((a for a in CACHE_ARGS if a in params), "past_key_values")
+        # only what the signature names: fla's models hand unknown keywords on to their kernels
         self.takes_positions = "position_ids" in params
+        self.takes_cache_position = "cache_position" in params
         self.takes_logits_to_keep = "logits_to_keep" in params
         self.fixed_state_bytes: int | None = None  # bytes per row when the cache does not grow with length
         self.has_attention = True
@@ -142,9 +144,9 @@ class AdaptedLM(nn.Module):
         positions = (cache.seq_lens[:, None] + step.cumsum(1) - 1).clamp(min=0)
         cache.mask = torch.cat([cache.mask, step], 1)
         cache.seq_lens = cache.seq_lens + step.sum(1)
-        args: dict[str, Any] = {self.cache_arg: cache.inner, "use_cache": True, "attention_mask": cache.mask,
-                                "cache_position": torch.arange(start, start + input_ids.shape[1],
-                                                               device=input_ids.device)}
+        args: dict[str, Any] = {self.cache_arg: cache.inner, "use_cache": True, "attention_mask": cache.mask}
+        if self.takes_cache_position:
+            args["cache_position"] = torch.arange(start, start + input_ids.shape[1], device=input_ids.device)
         if self.takes_positions:
             args["position_ids"] = positions
         if self.takes_logits_to_keep:

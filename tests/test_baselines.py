@@ -174,6 +174,11 @@ def test_baselines_run_a_ruler_and_a_multiple_choice_task_and_record_their_path(
         assert model["backend_path"]["state_bytes_per_row"] > 0 and model["state_bytes_per_layer"]
     preds = [json.loads(line)["resps"][0][0] for line in (out / "samples" / "niah_single_1@1024.jsonl").open()]
     assert len(preds) == 3 and all(isinstance(p, str) for p in preds)
+    # Table 3 puts the run in its family's block, after the paper's rows (the Transformer sits with the hybrids)
+    table = cli("table", out, "--table", "3").output.splitlines()
+    mine = next(i for i, line in enumerate(table) if line.startswith(f"| {name} †"))
+    block = max(i for i, line in enumerate(table[:mine]) if line.startswith("| *"))
+    assert table[block].startswith("| *Recurrent*" if family == "recurrent" else "| *Hybrid"), table[block]
 
 
 def test_an_attention_model_past_its_positions_is_one_line_and_exit_2(tokenizer, tmp_path):
