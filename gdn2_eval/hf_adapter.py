@@ -10,8 +10,10 @@ attention layers mask the padded keys; the tests check both against one row alon
 What differs from GDN-2's own model (each recorded with a run, `path_record`):
 * the cache is the model's own (``DynamicCache`` and its linear-attention layers, fla's ``Cache``), replaced rather than
   updated in place by each step, so decoding runs eagerly (no CUDA graph);
-* padding in the middle of a row (a prefix-tree snapshot continued by a shorter edge) would pass through a recurrent
-  layer's decay, so the prefix tree is not used; contexts shared by several continuations still run once;
+* the prefix tree applies when the state has a fixed size (no attention keys, e.g. Mamba-2, fla's Gated DeltaNet):
+  an edge continuing a snapshot is left-padded, and pads would pass through a recurrent layer's decay, so such a
+  chunk runs in column segments over the rows whose tokens have begun (`_staggered`); models with attention keys
+  share whole contexts across continuations only;
 * a model with no recurrent layer keeps its positional limit (`position_limit`): a longer prompt is an error.
 """
 
@@ -68,16 +70,22 @@ class AdaptedCache:
 
     @staticmethod
     def cat(caches: list[AdaptedCache]) -> AdaptedCache:
-        """The rows of several caches with the same columns consumed (the backend joins rows of one prefill)."""
+        """The rows of several caches as one batch. Caches that consumed different numbers of columns (prefix-tree
+        snapshots at different depths) join only when their state has a fixed size: their masks are then padded on
+        the left, where no layer reads them."""
         widths = {c.seen_columns for c in caches}
-        if len(widths) > 1:
-            raise ValueError(f"cannot join caches of {sorted(widths)} columns")
         new = caches[0].copy()
-        parts = [c.inner for c in caches]
-        _zip_tensors(new.inner, parts, lambda ts: torch.cat(ts))
-        new.mask = torch.cat([c.mask for c in caches])
+        if len(widths) > 1 and _attention_keys(new.inner):
+            raise ValueError(f"cannot join caches holding attention keys of {sorted(widths)} columns")
+        _zip_tensors(new.inner, [c.inner for c in caches], lambda ts: torch.cat(ts))
+        width = max(widths)
+        new.mask = torch.cat([torch.nn.functional.pad(c.mask, (width - c.seen_columns, 0)) for c in caches])
         new.seq_lens = torch.cat([c.seq_lens for c in caches])
         return new
+
+    def put_rows(self, rows: torch.Tensor, part: AdaptedCache) -> None:
+        """Write `part`'s state (one row per index of `rows`) into those rows of this cache."""
+        self.inner = _zip_tensors(self.inner, [self.inner, part.inner], lambda ts: ts[0].index_copy(0, rows, ts[1]))
 
     def nbytes(self) -> int:
         total = [0]
@@ -140,6 +148,12 @@ class AdaptedLM(nn.Module):
         `packed` is GDN-2's layout switch and means nothing here."""
         cache = past_key_values if past_key_values is not None else self.new_cache(input_ids.shape[0])
         step = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(input_ids.device).long()
+        if self.fixed_state_bytes is not None and cache.inner is not None and _pads_after_state(step, cache):
+            return self._staggered(input_ids, step, cache, logits_to_keep)
+        return self._call(input_ids, step, cache, logits_to_keep)
+
+    def _call(self, input_ids: torch.Tensor, step: torch.Tensor, cache: AdaptedCache, logits_to_keep: int):
+        """The model's forward on one chunk, `step` its 0/1 mask; the cache's mask and counts move on."""
         start = cache.seen_columns
         positions = (cache.seq_lens[:, None] + step.cumsum(1) - 1).clamp(min=0)
         cache.mask = torch.cat([cache.mask, step], 1)
@@ -155,6 +169,31 @@ class AdaptedLM(nn.Module):
         cache.inner = next(getattr(out, a) for a in CACHE_ARGS if getattr(out, a, None) is not None)
         if not self.takes_logits_to_keep and logits_to_keep:
             out.logits = out.logits[:, -logits_to_keep:]
+        return out
+
+    def _staggered(self, input_ids: torch.Tensor, step: torch.Tensor, cache: AdaptedCache, logits_to_keep: int):
+        """A left-padded chunk over rows that already hold a state (prefix-tree edges continuing snapshots): a
+        recurrent layer would decay that state through the pads, so the columns run in segments, each over the rows
+        whose real tokens have begun, and no pad reaches a state. Only for caches of fixed size (no attention keys)."""
+        n, width = input_ids.shape
+        lead = (step.cumsum(1) == 0).sum(1)  # pad columns before each row's first token
+        keep_from = width - logits_to_keep if logits_to_keep else 0  # the columns whose logits are returned
+        logits, out = None, None
+        bounds = sorted(set(lead.tolist()) | {width})
+        for a, b in zip(bounds, bounds[1:]):
+            rows = (lead <= a).nonzero()[:, 0]
+            part = cache.rows(rows)
+            need = b - max(a, keep_from)  # columns of this segment whose logits are returned
+            keep = max(1, need) if logits_to_keep else 0
+            out = self._call(input_ids[rows, a:b], torch.ones_like(input_ids[rows, a:b]), part, keep)
+            cache.put_rows(rows, part)
+            if need > 0:
+                if logits is None:
+                    logits = out.logits.new_zeros(n, width - keep_from, out.logits.shape[-1])
+                logits[rows, b - need - keep_from : b - keep_from] = out.logits[:, -need:]
+        cache.mask = torch.cat([cache.mask, step], 1)
+        cache.seq_lens = cache.seq_lens + step.sum(1)
+        out.logits = logits
         return out
 
     @torch.no_grad()
@@ -185,7 +224,7 @@ class AdaptedLM(nn.Module):
                              "positions",
             }[kind],
             "decode": "eager (the model's cache is replaced, not updated in place, each step: no CUDA graph)",
-            "prefix_tree": False,
+            "prefix_tree": self.fixed_state_bytes is not None,
             "state_bytes_per_row": self.fixed_state_bytes,
             "state_bytes_per_layer": self.state_bytes_per_layer,
         }
@@ -251,6 +290,18 @@ def _zip_tensors(target: Any, parts: list[Any], fn) -> Any:
         if new is not value:
             target = _set(target, key, new)
     return target
+
+
+def _pads_after_state(step: torch.Tensor, cache: AdaptedCache) -> bool:
+    """Whether a left-padded chunk puts pads in rows that already hold a state (right padding after a row's last
+    token, as scoring continuations does, reaches nothing that is used afterwards)."""
+    lead = (step.cumsum(1) == 0).sum(1)
+    left_padded = bool((step.sum(1) == step.shape[1] - lead).all())
+    return left_padded and bool(((lead > 0) & (cache.seq_lens > 0)).any())
+
+
+def _attention_keys(inner: Any) -> bool:
+    return any(name.endswith(("keys", "values")) or "attn" in name.lower() for name, _ in _named_tensors(inner))
 
 
 def _named_tensors(obj: Any, prefix: str = "") -> list[tuple[str, torch.Tensor]]:

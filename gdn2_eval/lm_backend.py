@@ -14,9 +14,9 @@ recurrent, hybrid and attention models), scoring is recurrent-aware and exact:
   generation, shared contexts) take `prefill_tokens` at a time, since their memory holds no [T, vocab] tensor;
 * logits become log-probabilities one chunk at a time (never a [T, vocab] float32 tensor for a whole long input).
 A model with no recurrent layer keeps its positional limit: a longer input is an error, never silently truncated.
-GDN-2 models also get the prefix tree (`gdn2_eval.prefix_tree`) and a captured decode step; adapted models decode
-eagerly and share only whole contexts (`AdaptedLM.path_record` says why). A model the adapter cannot take goes
-through lm-eval's stock HF path, with the same limit check.
+GDN-2 models, and adapted models whose state has a fixed size, also get the prefix tree (`gdn2_eval.prefix_tree`);
+GDN-2 models decode with a captured step, adapted models eagerly (`AdaptedLM.path_record` says why). A model the
+adapter cannot take goes through lm-eval's stock HF path, with the same limit check.
 """
 
 from __future__ import annotations
@@ -322,7 +322,7 @@ class GDN2LM(HFLM):
 
     def _context_walk(self, requests) -> PrefixWalk | None:
         """The prefix tree over a call's distinct contexts, when sharing is on (or, with `auto`, saves enough)."""
-        if self.share_prefix is False or self.adapted:
+        if self.share_prefix is False or not self._tree_applies():
             return None
         contexts = list(dict.fromkeys(tuple(ctx) for _, ctx, _ in requests))
         return self._walk([list(c) for c in contexts], sum(len(ctx) for _, ctx, _ in requests))
@@ -510,7 +510,7 @@ class GDN2LM(HFLM):
     def _walk(self, prompts: list[list[int]], total: int) -> PrefixWalk | None:
         """The prefix tree over `prompts` (of `total` tokens as requested), when sharing is on (or, with `auto`,
         when it saves enough)."""
-        if self.share_prefix is False or self.adapted or len(prompts) < 2:
+        if self.share_prefix is False or not self._tree_applies() or len(prompts) < 2:
             return None
         budget = self.share_budget or default_budget(self.model.device)
         walk = PrefixWalk(self.model, prompts, self._pad_id(), self.prefill_tokens, self.batch_size, budget,
@@ -518,6 +518,10 @@ class GDN2LM(HFLM):
         if self.share_prefix == "auto" and total - tree_tokens(walk.nodes) < TREE_MIN_SAVING:
             return None
         return walk
+
+    def _tree_applies(self) -> bool:
+        """GDN-2 models, and adapted models whose state has a fixed size (`AdaptedLM.path_record`)."""
+        return not self.adapted or self.model.path_record()["prefix_tree"]
 
     def _greedy_tree(self, walk: PrefixWalk, order: list[int], max_new: int, decode_args: dict, text):
         """Decode batches of prompts as the tree walk finishes their prefill (each from its own cache row)."""

@@ -217,3 +217,40 @@ def test_an_fla_model_loads_its_hub_layout_and_on_the_cpu_is_one_line(tokenizer,
               "--device", "cpu", "--out", tmp_path / "run")
     assert res.exit_code == 2 and res.stderr.strip().splitlines()[-1].startswith("error: "), res.output
     assert "GatedDeltaNetForCausalLM" in res.stderr and not (tmp_path / "run").exists()
+
+
+def test_the_prefix_tree_is_exact_for_a_baseline_with_a_fixed_size_state(tokenizer):
+    """Mamba-2's state has a fixed size, so the prefix tree applies: shared prefixes run once, edges continue from
+    snapshots (their left padding run in segments, never through a state), and every score is the whole pass's;
+    with a budget of about one snapshot (evictions) again. A hybrid's growing keys keep it off."""
+    g = torch.Generator().manual_seed(3)
+
+    def rand(n):
+        return torch.randint(3, 600, (n,), generator=g).tolist()
+
+    trunk, mids = rand(40), [rand(7), rand(19)]
+    contexts = [trunk + m + rand(k) for m in mids for k in (3, 11, 26)] + [trunk]
+    requests = [(None, c, rand(int(torch.randint(1, 6, (1,), generator=g)))) for c in contexts]
+    whole = _whole_pass(_build("mamba2"), requests)
+    for budget in (None, 30_000):
+        lm = _lm("mamba2", tokenizer, share_prefix="on", share_budget=budget, prefill_tokens=32, chunk_tokens=32,
+                 batch_size=3)
+        assert lm.model.path_record()["prefix_tree"]
+        got = [lp for lp, _ in lm._loglikelihood_tokens(requests, disable_tqdm=True)]
+        stats = lm.token_stats
+        assert stats["prefill_tokens"] < stats["prompt_tokens"] - 100, stats  # the shared trunk ran once
+        torch.testing.assert_close(torch.tensor(got), torch.tensor(whole), rtol=1e-5, atol=1e-4)
+    assert not _lm("qwen3_next", tokenizer).model.path_record()["prefix_tree"]
+
+
+def test_a_fixed_state_baseline_shares_ruler_prefixes_with_the_same_predictions(model_dirs, tmp_path):
+    preds, tokens = {}, {}
+    for mode in ("off", "on"):
+        out = tmp_path / mode
+        res = cli("run", "--model", model_dirs["mamba2"], "--tasks", "niah_single_1", "--lengths", "1k", "--samples",
+                  "5", "--device", "cpu", "--batch-size", "3", "--share-prefix", mode, "--out", out)
+        assert res.exit_code == 0, res.output
+        preds[mode] = [json.loads(line)["resps"] for line in (out / "samples" / "niah_single_1@1024.jsonl").open()]
+        tokens[mode] = json.loads((out / "results.json").read_text())["tokens"]["niah_single_1@1024"]
+    assert preds["on"] == preds["off"] and len(preds["on"]) == 5
+    assert tokens["on"]["prompt_tokens"] == tokens["off"]["prefill_tokens"] > tokens["on"]["prefill_tokens"]
