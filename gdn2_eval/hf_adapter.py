@@ -64,8 +64,12 @@ class AdaptedCache:
         return new
 
     def rows(self, indices: torch.Tensor) -> AdaptedCache:
-        new = self.copy()
-        new.batch_select_indices(indices)
+        """A new cache holding copies of the given rows only (a snapshot does not copy the whole batch first)."""
+        new = AdaptedCache(0, self.mask.device)
+        shared = {id(t): t for _, t in _named_tensors(self.inner)}  # the structure copied, the tensors not
+        new.inner = copy.deepcopy(self.inner, memo=shared)
+        new.mask, new.seq_lens = self.mask, self.seq_lens
+        new.batch_select_indices(indices)  # new tensors, this cache's unchanged
         return new
 
     @staticmethod
