@@ -117,6 +117,8 @@ class AdaptedLM(nn.Module):
         self.takes_logits_to_keep = "logits_to_keep" in params
         self.fixed_state_bytes: int | None = None  # bytes per row when the cache does not grow with length
         self.has_attention = True
+        # attention layers read the mask of every column so far; recurrent-only models take this chunk's (Mamba)
+        self.cumulative_mask = True
         self._probe()
 
     def __getattr__(self, name: str) -> Any:
@@ -162,7 +164,8 @@ class AdaptedLM(nn.Module):
         positions = (cache.seq_lens[:, None] + step.cumsum(1) - 1).clamp(min=0)
         cache.mask = torch.cat([cache.mask, step], 1)
         cache.seq_lens = cache.seq_lens + step.sum(1)
-        args: dict[str, Any] = {self.cache_arg: cache.inner, "use_cache": True, "attention_mask": cache.mask}
+        args: dict[str, Any] = {self.cache_arg: cache.inner, "use_cache": True,
+                                "attention_mask": cache.mask if self.cumulative_mask else step}
         if self.takes_cache_position:
             args["cache_position"] = torch.arange(start, start + input_ids.shape[1], device=input_ids.device)
         if self.takes_positions:
@@ -202,12 +205,22 @@ class AdaptedLM(nn.Module):
 
     @torch.no_grad()
     def _probe(self) -> None:
-        """Whether the cache grows with length (attention) or not (recurrent state only), from two short forwards."""
+        """From three short forwards: whether the cache carries the state across multi-token chunks (8 tokens at
+        once against 4 + 4; some models' PyTorch paths drop it), and whether it grows with length (attention keys)
+        or not (recurrent state only)."""
+        vocab = self.inner.get_output_embeddings().weight.shape[0]
+        ids = ((torch.arange(8, device=self.device) * 37 + 5) % vocab)[None]
+        whole = self(ids, past_key_values=self.new_cache(1), logits_to_keep=1).logits[0, -1].float()
         cache = self.new_cache(1)
-        ids = torch.ones(1, 4, dtype=torch.long, device=self.device)
-        self(ids, past_key_values=cache, logits_to_keep=1)
+        self(ids[:, :4], past_key_values=cache, logits_to_keep=1)
         first = cache.nbytes()
-        self(ids, past_key_values=cache, logits_to_keep=1)
+        self.cumulative_mask = _attention_keys(cache.inner)
+        last = self(ids[:, 4:], past_key_values=cache, logits_to_keep=1).logits[0, -1].float()
+        err = float((last - whole).norm() / whole.norm().clamp(min=1e-12))
+        # float32 agrees to rounding; lower precisions only show a state that was not carried at all
+        if not err <= (1e-4 if next(self.inner.parameters()).dtype == torch.float32 else 5e-2):
+            raise NotAdaptable(f"{type(self.inner).__name__}'s cache does not carry its state across multi-token "
+                               f"chunks (8 tokens at once against 4 + 4: relative error {err:.1e})")
         grows = cache.nbytes() - first
         self._recurrent = _has_recurrent_state(cache.inner)
         self.has_attention = grows > 0
@@ -234,13 +247,20 @@ class AdaptedLM(nn.Module):
         }
 
 
-def adapt(model: nn.Module) -> AdaptedLM | None:
-    """`model` behind the backend's interface, or None when it is not a causal LM with a cache (lm-eval's stock path
-    then runs it)."""
+class NotAdaptable(Exception):
+    """Why a model cannot take the backend's own path (lm-eval's stock path runs it; the run records the reason)."""
+
+
+def adapt(model: nn.Module) -> AdaptedLM:
+    """`model` behind the backend's interface; `NotAdaptable` when it is not a causal LM whose cache carries its
+    state across chunks."""
     try:
         return AdaptedLM(model)
-    except (TypeError, ValueError, AttributeError, NotImplementedError, StopIteration):
-        return None
+    except NotAdaptable:
+        raise
+    except (TypeError, ValueError, AttributeError, NotImplementedError, StopIteration, RuntimeError) as e:
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        raise NotAdaptable(f"{type(model).__name__} does not run chunked with its cache ({first[:160]})") from None
 
 
 # ---- walking a model's cache -----------------------------------------------------------------------------------

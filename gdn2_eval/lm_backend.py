@@ -41,7 +41,7 @@ from . import checks
 from .distributed import balanced_call, make_accelerator, single_process
 from .errors import UserError
 from .generation import generate_from, greedy_generate, pad_batch, prefill
-from .hf_adapter import AdaptedLM, adapt
+from .hf_adapter import AdaptedLM, NotAdaptable, adapt
 from .loading import load_model, load_tokenizer
 from .model import GDN2Config
 from .prefix_tree import TREE_MIN_SAVING, PrefixWalk, default_budget, join, tree_tokens
@@ -113,8 +113,12 @@ class GDN2LM(HFLM):
             raise UserError(f"unknown ppl_protocol {ppl_protocol!r}; choose {', '.join(PPL_PROTOCOLS)}")
         # the backend's own path needs `new_cache` and chunked forwards: GDN-2 models have them, other causal LMs get
         # them from the adapter (None: a model it cannot take, run by lm-eval's stock path)
+        self.stock_reason: str | None = None  # why a model runs on lm-eval's stock path, when it does
         if not callable(getattr(model, "new_cache", None)):
-            model = adapt(model) or model
+            try:
+                model = adapt(model)
+            except NotAdaptable as e:
+                self.stock_reason = str(e)
         self.recurrent = callable(getattr(model, "new_cache", None))
         self.adapted = isinstance(model, AdaptedLM)
         if batch_size == "auto":  # batches are bounded by tokens per forward (chunk_tokens), not by probing memory
@@ -186,7 +190,7 @@ class GDN2LM(HFLM):
         if self.adapted:
             return self.model.path_record()
         if not self.recurrent:
-            return {"path": "stock-hf", "why": "not a causal LM with a cache the backend can carry"}
+            return {"path": "stock-hf", "why": self.stock_reason or "no cache the backend can carry"}
         return {"path": "recurrent-aware", "layers": "gdn2",
                 "why": "GDN-2: packed chunked prefill with the state carried, no length limit",
                 "decode": "cuda graph" if self.model.device.type == "cuda" else "eager",

@@ -1,6 +1,6 @@
 """Baselines on the backend's own path (`gdn2_eval.hf_adapter`): transformers' KimiLinear, Qwen3-Next (Gated DeltaNet
-hybrids), Mamba-2 (recurrent only) and Llama (attention only), tiny and random, built here. On the CPU their linear
-layers run on their PyTorch paths (`gdn2_eval.torch_paths`)."""
+hybrids), Falcon-H1 (a Mamba-2 hybrid), Mamba-2 (recurrent only) and Llama (attention only), tiny and random, built
+here. On the CPU their linear layers run on their PyTorch paths (`gdn2_eval.torch_paths`)."""
 
 from __future__ import annotations
 
@@ -48,11 +48,20 @@ def _llama(limit: int = 4096):
         num_key_value_heads=1, max_position_embeddings=limit))
 
 
-BUILD = {"kimi_linear": _kimi_linear, "qwen3_next": _qwen3_next, "mamba2": _mamba2, "llama": _llama}
+def _falcon_h1(limit: int = 4096):
+    return transformers.FalconH1ForCausalLM(transformers.FalconH1Config(
+        vocab_size=VOCAB, hidden_size=64, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=32, mamba_d_ssm=64, mamba_n_heads=4, mamba_d_head=16, mamba_d_state=16,
+        mamba_n_groups=1, mamba_chunk_size=16, max_position_embeddings=limit))
+
+
+BUILD = {"kimi_linear": _kimi_linear, "qwen3_next": _qwen3_next, "falcon_h1": _falcon_h1, "mamba2": _mamba2,
+         "llama": _llama}
 # what each run records: the path it took and the tables' family
 EXPECTED = {
     "kimi_linear": ("recurrent-aware", "hybrid", "hybrid"),
     "qwen3_next": ("recurrent-aware", "hybrid", "hybrid"),
+    "falcon_h1": ("recurrent-aware", "hybrid", "hybrid"),  # Mamba-2 and attention side by side in every layer
     "mamba2": ("recurrent-aware", "recurrent", "recurrent"),
     "llama": ("kv-cache", "attention", "transformer"),
 }
@@ -254,3 +263,20 @@ def test_a_fixed_state_baseline_shares_ruler_prefixes_with_the_same_predictions(
         tokens[mode] = json.loads((out / "results.json").read_text())["tokens"]["niah_single_1@1024"]
     assert preds["on"] == preds["off"] and len(preds["on"]) == 5
     assert tokens["on"]["prompt_tokens"] == tokens["off"]["prefill_tokens"] > tokens["on"]["prefill_tokens"]
+
+
+def test_a_model_whose_cache_drops_the_state_between_chunks_takes_the_stock_path_and_says_why(tokenizer):
+    """transformers' Mamba (v1) PyTorch path does not carry its state across multi-token chunks: the adapter's probe
+    finds it at load, and the model runs on lm-eval's stock path, whole sequences, with the reason recorded."""
+    from gdn2_eval.lm_backend import GDN2LM
+
+    torch.manual_seed(0)
+    mamba = transformers.MambaForCausalLM(transformers.MambaConfig(vocab_size=VOCAB, hidden_size=64,
+                                                                   num_hidden_layers=2, state_size=8)).eval()
+    lm = GDN2LM(pretrained=mamba, tokenizer=tokenizer, batch_size=2, device="cpu")
+    assert not lm.adapted and not lm.recurrent
+    record = lm.path_record()
+    assert record["path"] == "stock-hf" and "does not carry its state across multi-token chunks" in record["why"]
+    requests = _requests(tokenizer, n=2)
+    got = [lp for lp, _ in lm._loglikelihood_tokens(requests, disable_tqdm=True)]
+    torch.testing.assert_close(torch.tensor(got), torch.tensor(_whole_pass(mamba, requests)), rtol=1e-4, atol=1e-3)
