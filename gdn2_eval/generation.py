@@ -14,6 +14,7 @@ of weights (about 1 ms on an H100) but Hugging Face `generate` spends tens of mi
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 
 import torch
@@ -152,7 +153,7 @@ class GraphDecoder:
 
     def __init__(self, model, cache, token: torch.Tensor, capture: bool = True) -> None:
         self.model, self.capture = model, capture
-        cache.widen_windows(model.config.local_window - 1)  # the keys a future query can still see
+        cache.widen_windows(getattr(model.config, "local_window", 1) - 1)  # the keys a future query can still see
         self.cache = cache.copy()  # the fixed buffers
         self.token = token.clone()
         self.rows = torch.arange(token.numel(), device=token.device)  # batch slots of the running rows
@@ -178,8 +179,15 @@ class GraphDecoder:
                 self._forward()
             torch.cuda.current_stream().wait_stream(side)
             self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
-                self._forward()
+            try:
+                with torch.cuda.graph(self.graph):
+                    self._forward()
+            except RuntimeError as e:  # a step that waits for the GPU cannot be captured: the same step, eagerly
+                # (nothing recorded ran, so the state is the eager first step's)
+                first = (str(e).splitlines() or [type(e).__name__])[0]
+                print(f"decode step of {type(self.model).__name__} could not be captured as a CUDA graph ({first}); "
+                      "decoding eagerly", file=sys.stderr, flush=True)
+                self.graph, self.capture = None, False
 
     def _forward(self) -> None:
         work = self.cache.view()

@@ -8,8 +8,9 @@ Hugging Face's `generate` does. Recurrent layers zero their padded inputs (a zer
 attention layers mask the padded keys; the tests check both against one row alone, per model family.
 
 What differs from GDN-2's own model (each recorded with a run, `path_record`):
-* the cache is the model's own (``DynamicCache`` and its linear-attention layers, fla's ``Cache``), replaced rather than
-  updated in place by each step, so decoding runs eagerly (no CUDA graph);
+* the cache is the model's own (``DynamicCache`` and its linear-attention layers, fla's ``Cache``); when it has a
+  fixed size the decode step is captured as a CUDA graph, its new state copied back into fixed buffers each step
+  (as GDN-2's reference model does); models with attention keys, which grow, decode eagerly;
 * the prefix tree applies when the state has a fixed size (no attention keys, e.g. Mamba-2, fla's Gated DeltaNet):
   an edge continuing a snapshot is left-padded, and pads would pass through a recurrent layer's decay, so such a
   chunk runs in column segments over the rows whose tokens have begun (`_staggered`); models with attention keys
@@ -62,6 +63,26 @@ class AdaptedCache:
         new.inner = copy.deepcopy(self.inner)
         new.mask, new.seq_lens = self.mask.clone(), self.seq_lens.clone()
         return new
+
+    def view(self) -> AdaptedCache:
+        """A cache over the same tensors (a forward through it replaces its entries, not these tensors)."""
+        new = AdaptedCache(0, self.mask.device)
+        new.inner = copy.deepcopy(self.inner, memo={id(t): t for _, t in _named_tensors(self.inner)})
+        new.mask, new.seq_lens = self.mask, self.seq_lens
+        return new
+
+    def copy_from(self, other: AdaptedCache) -> None:
+        """Copy `other`'s state into this cache's tensors in place (a fixed-size state: same shapes), so that their
+        addresses do not change (what a captured decode step reads and writes)."""
+        def put(ts):
+            if ts[0] is not ts[1]:
+                ts[0].copy_(ts[1])
+            return ts[0]
+
+        _zip_tensors(self.inner, [self.inner, other.inner], put)
+
+    def widen_windows(self, width: int) -> None:
+        """Nothing to widen: an adapted model's cache has no sliding window of its own here."""
 
     def rows(self, indices: torch.Tensor) -> AdaptedCache:
         """A new cache holding copies of the given rows only (a snapshot does not copy the whole batch first)."""
@@ -153,19 +174,24 @@ class AdaptedLM(nn.Module):
         """One chunk of columns: `attention_mask` covers this chunk only (None: all real), the cache carries the rest.
         `packed` is GDN-2's layout switch and means nothing here."""
         cache = past_key_values if past_key_values is not None else self.new_cache(input_ids.shape[0])
-        step = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(input_ids.device).long()
+        if attention_mask is None:  # every column real (a decode step): nothing here may wait for the GPU
+            return self._call(input_ids, torch.ones_like(input_ids), cache, logits_to_keep, all_real=True)
+        step = attention_mask.to(input_ids.device).long()
         if self.fixed_state_bytes is not None and cache.inner is not None and _pads_after_state(step, cache):
             return self._staggered(input_ids, step, cache, logits_to_keep)
         return self._call(input_ids, step, cache, logits_to_keep)
 
-    def _call(self, input_ids: torch.Tensor, step: torch.Tensor, cache: AdaptedCache, logits_to_keep: int):
-        """The model's forward on one chunk, `step` its 0/1 mask; the cache's mask and counts move on."""
+    def _call(self, input_ids: torch.Tensor, step: torch.Tensor, cache: AdaptedCache, logits_to_keep: int,
+              all_real: bool = False):
+        """The model's forward on one chunk, `step` its 0/1 mask; the cache's mask and counts move on. A chunk of
+        real tokens only reaches a recurrent-only model without a mask (fla's layers would unpad it, a sync that
+        a captured step cannot hold)."""
         start = cache.seen_columns
         positions = (cache.seq_lens[:, None] + step.cumsum(1) - 1).clamp(min=0)
         cache.mask = torch.cat([cache.mask, step], 1)
         cache.seq_lens = cache.seq_lens + step.sum(1)
-        args: dict[str, Any] = {self.cache_arg: cache.inner, "use_cache": True,
-                                "attention_mask": cache.mask if self.cumulative_mask else step}
+        mask = cache.mask if self.cumulative_mask else (None if all_real else step)
+        args: dict[str, Any] = {self.cache_arg: cache.inner, "use_cache": True, "attention_mask": mask}
         if self.takes_cache_position:
             args["cache_position"] = torch.arange(start, start + input_ids.shape[1], device=input_ids.device)
         if self.takes_positions:
@@ -192,7 +218,7 @@ class AdaptedLM(nn.Module):
             part = cache.rows(rows)
             need = b - max(a, keep_from)  # columns of this segment whose logits are returned
             keep = max(1, need) if logits_to_keep else 0
-            out = self._call(input_ids[rows, a:b], torch.ones_like(input_ids[rows, a:b]), part, keep)
+            out = self._call(input_ids[rows, a:b], torch.ones_like(input_ids[rows, a:b]), part, keep, all_real=True)
             cache.put_rows(rows, part)
             if need > 0:
                 if logits is None:
@@ -240,7 +266,10 @@ class AdaptedLM(nn.Module):
                 "attention": f"attention only: chunked prefill with the KV cache, limited to {self.position_limit} "
                              "positions",
             }[kind],
-            "decode": "eager (the model's cache is replaced, not updated in place, each step: no CUDA graph)",
+            "decode": ("captured step on CUDA (the fixed-size state copied back into fixed buffers each step)"
+                       if self.fixed_state_bytes is not None else
+                       "eager (the attention keys grow each step: no fixed buffers for a CUDA graph)"),
+            "cuda_graph": self.fixed_state_bytes is not None,
             "prefix_tree": self.fixed_state_bytes is not None,
             "state_bytes_per_row": self.fixed_state_bytes,
             "state_bytes_per_layer": self.state_bytes_per_layer,

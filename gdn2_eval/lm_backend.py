@@ -15,7 +15,7 @@ recurrent, hybrid and attention models), scoring is recurrent-aware and exact:
 * logits become log-probabilities one chunk at a time (never a [T, vocab] float32 tensor for a whole long input).
 A model with no recurrent layer keeps its positional limit: a longer input is an error, never silently truncated.
 GDN-2 models, and adapted models whose state has a fixed size, also get the prefix tree (`gdn2_eval.prefix_tree`);
-GDN-2 models decode with a captured step, adapted models eagerly (`AdaptedLM.path_record` says why). A model the
+they also decode with a captured step on CUDA, other models eagerly (`AdaptedLM.path_record` says why). A model the
 adapter cannot take goes through lm-eval's stock HF path, with the same limit check.
 """
 
@@ -496,7 +496,7 @@ class GDN2LM(HFLM):
         text = lambda toks: postprocess_generated_text(generation=self.tok_decode(toks), stop=until,  # noqa: E731
                                                        think_end_token=None)
         decode_args = dict(eos_ids=sorted(eos_ids), pad_id=self._pad_id(), finished=finished if stops else None,
-                           cuda_graph=False if self.adapted else None)  # an adapted model's cache is not in place
+                           cuda_graph=None if self._graph_decode() else False)
         total = sum(len(p) for p in prompts.values())
         walk = self._walk([prompts[i] for i in order], total)
         if walk is not None:
@@ -522,6 +522,10 @@ class GDN2LM(HFLM):
         if self.share_prefix == "auto" and total - tree_tokens(walk.nodes) < TREE_MIN_SAVING:
             return None
         return walk
+
+    def _graph_decode(self) -> bool:
+        """GDN-2 models, and adapted models whose state has a fixed size, replay a captured step on CUDA."""
+        return not self.adapted or self.model.path_record()["cuda_graph"]
 
     def _tree_applies(self) -> bool:
         """GDN-2 models, and adapted models whose state has a fixed size (`AdaptedLM.path_record`)."""

@@ -280,3 +280,34 @@ def test_a_model_whose_cache_drops_the_state_between_chunks_takes_the_stock_path
     requests = _requests(tokenizer, n=2)
     got = [lp for lp, _ in lm._loglikelihood_tokens(requests, disable_tqdm=True)]
     torch.testing.assert_close(torch.tensor(got), torch.tensor(_whole_pass(mamba, requests)), rtol=1e-4, atol=1e-3)
+
+
+def test_a_fixed_state_baseline_decodes_through_fixed_buffers_as_eagerly(tokenizer):
+    """The step a CUDA graph captures for a baseline with a fixed-size state (its new state copied back into fixed
+    buffers, finished rows kept in the batch), run eagerly here: the eager decoder's tokens. Models with attention
+    keys decode eagerly (their keys grow)."""
+    from gdn2_eval.generation import EagerDecoder, GraphDecoder, decode, prefill
+
+    lm = _lm("mamba2", tokenizer)
+    assert lm._graph_decode() and lm.model.path_record()["cuda_graph"]
+    assert not _lm("qwen3_next", tokenizer)._graph_decode()
+    g = torch.Generator().manual_seed(2)
+    prompts = [torch.randint(3, 600, (n,), generator=g).tolist() for n in (30, 12, 47, 5)]
+    results = []
+    for make in (EagerDecoder, lambda m, c, t: GraphDecoder(m, c, t, capture=False)):
+        cache, last = prefill(lm.model, prompts, pad_id=0, chunk_tokens=40)
+        results.append(decode(make(lm.model, cache, last.argmax(-1)), len(prompts), 12, eos_ids=(), pad_id=0,
+                              finished=lambda row, toks: row == 1 and len(toks) >= 5, check_every=3))
+    eager, fixed = results
+    assert [len(r) for r in eager] == [12, 6, 12, 12]
+    assert fixed == eager
+    # copy_from writes another state into this cache's own tensors (their addresses are what a graph replays)
+    a, _ = prefill(lm.model, prompts[:2], pad_id=0, chunk_tokens=40)
+    b, _ = prefill(lm.model, prompts[2:], pad_id=0, chunk_tokens=40)
+    from gdn2_eval.hf_adapter import _named_tensors
+
+    before = {name: t.data_ptr() for name, t in _named_tensors(a.inner)}
+    assert any(not torch.equal(x, y) for (_, x), (_, y) in zip(_named_tensors(a.inner), _named_tensors(b.inner)))
+    a.copy_from(b)
+    assert {name: t.data_ptr() for name, t in _named_tensors(a.inner)} == before
+    assert all(torch.equal(x, y) for (_, x), (_, y) in zip(_named_tensors(a.inner), _named_tensors(b.inner)))
