@@ -231,7 +231,8 @@ def run(
     ] = 1,
     share_prefix: Annotated[
         str, typer.Option(help="Prefill each prefix that prompts share once, from a state snapshot: on, off, or "
-                          "auto (where a call saves a few thousand tokens or more).")
+                          "auto (where a call saves a few thousand tokens or more, and on a GPU where its "
+                          "prompts average 6K tokens or more).")
     ] = "auto",
     share_budget: Annotated[
         str | None, typer.Option(help="Memory for prefix snapshots, e.g. 8GiB [default: half the free GPU memory, "

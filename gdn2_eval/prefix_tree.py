@@ -24,6 +24,18 @@ from .generation import prefill
 
 # share_prefix="auto" uses the tree for a call only when it saves at least this many prompt tokens
 TREE_MIN_SAVING = 4096
+# ... and, on a GPU, only when the prompts average at least this many tokens: there one packed prefill of short
+# prompts costs less than the walk's extra forwards (results/bench/ruler_h200.json: sharing took 0.33-0.96x the
+# unshared time at 1K-4K, 1.13-1.23x less at 8K, while saving 42-56% of the tokens of single-needle cells)
+TREE_MIN_MEAN_PROMPT_GPU = 6144
+
+
+def tree_pays(prompt_tokens: int, tree_run: int, prompts: int, device: torch.device | str) -> bool:
+    """Whether `auto` sharing runs the tree for a call of `prompts` prompts of `prompt_tokens` tokens in all, of
+    which the tree would run `tree_run`."""
+    if prompt_tokens - tree_run < TREE_MIN_SAVING:
+        return False
+    return torch.device(device).type != "cuda" or prompt_tokens >= TREE_MIN_MEAN_PROMPT_GPU * max(1, prompts)
 
 
 @dataclass
