@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 # Where the models take their cache in `forward` and return it (`cache` in newer transformers, `past_key_values`
 # before, `cache_params` in older Mamba ports).
@@ -65,7 +66,8 @@ class AdaptedCache:
         return new
 
     def view(self) -> AdaptedCache:
-        """A cache over the same tensors (a forward through it replaces its entries, not these tensors)."""
+        """A cache over the same tensors (a forward through it replaces its entries, not these tensors): the cache
+        objects are copied, the tensors in them are not."""
         new = AdaptedCache(0, self.mask.device)
         new.inner = copy.deepcopy(self.inner, memo={id(t): t for _, t in _named_tensors(self.inner)})
         new.mask, new.seq_lens = self.mask, self.seq_lens
@@ -86,11 +88,8 @@ class AdaptedCache:
 
     def rows(self, indices: torch.Tensor) -> AdaptedCache:
         """A new cache holding copies of the given rows only (a snapshot does not copy the whole batch first)."""
-        new = AdaptedCache(0, self.mask.device)
-        shared = {id(t): t for _, t in _named_tensors(self.inner)}  # the structure copied, the tensors not
-        new.inner = copy.deepcopy(self.inner, memo=shared)
-        new.mask, new.seq_lens = self.mask, self.seq_lens
-        new.batch_select_indices(indices)  # new tensors, this cache's unchanged
+        new = self.view()
+        new.batch_select_indices(indices)  # new tensors in the view's own structure: this cache's are unchanged
         return new
 
     @staticmethod
@@ -226,6 +225,9 @@ class AdaptedLM(nn.Module):
                 logits[rows, b - need - keep_from : b - keep_from] = out.logits[:, -need:]
         cache.mask = torch.cat([cache.mask, step], 1)
         cache.seq_lens = cache.seq_lens + step.sum(1)
+        if out is None:  # no row has a token in this chunk: nothing ran
+            vocab = self.inner.get_output_embeddings().weight.shape[0]
+            return CausalLMOutputWithPast(logits=input_ids.new_zeros(n, width - keep_from, vocab, dtype=self.dtype))
         out.logits = logits
         return out
 
@@ -243,8 +245,10 @@ class AdaptedLM(nn.Module):
         self.cumulative_mask = _attention_keys(cache.inner)
         last = self(ids[:, 4:], past_key_values=cache, logits_to_keep=1).logits[0, -1].float()
         err = float((last - whole).norm() / whole.norm().clamp(min=1e-12))
-        # float32 agrees to rounding; lower precisions only show a state that was not carried at all
-        if not err <= (1e-4 if next(self.inner.parameters()).dtype == torch.float32 else 5e-2):
+        # float32 agrees to rounding; in bf16 two summation orders of a deep model differ by a few percent, so
+        # there the check only catches a state that was plainly dropped
+        self.chunk_check_error = err
+        if not err <= (1e-4 if next(self.inner.parameters()).dtype == torch.float32 else 0.25):
             raise NotAdaptable(f"{type(self.inner).__name__}'s cache does not carry its state across multi-token "
                                f"chunks (8 tokens at once against 4 + 4: relative error {err:.1e})")
         grows = cache.nbytes() - first
@@ -272,6 +276,7 @@ class AdaptedLM(nn.Module):
             "cuda_graph": self.fixed_state_bytes is not None,
             "prefix_tree": self.fixed_state_bytes is not None,
             "state_bytes_per_row": self.fixed_state_bytes,
+            "chunk_check_rel_err": self.chunk_check_error,  # 8 tokens at once against 4 + 4, at load
             "state_bytes_per_layer": self.state_bytes_per_layer,
         }
 
