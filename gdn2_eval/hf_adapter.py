@@ -41,6 +41,8 @@ class AdaptedCache:
         self.inner: Any = None
         self.mask = torch.zeros(batch_size, 0, dtype=torch.long, device=device)
         self.seq_lens = torch.zeros(batch_size, dtype=torch.long, device=device)
+        # whether any column so far was a pad: until one is, attention layers need no mask (none is built)
+        self.padded = False
 
     @property
     def batch_size(self) -> int:
@@ -62,7 +64,7 @@ class AdaptedCache:
     def copy(self) -> AdaptedCache:
         new = AdaptedCache(0, self.mask.device)
         new.inner = copy.deepcopy(self.inner)
-        new.mask, new.seq_lens = self.mask.clone(), self.seq_lens.clone()
+        new.mask, new.seq_lens, new.padded = self.mask.clone(), self.seq_lens.clone(), self.padded
         return new
 
     def view(self) -> AdaptedCache:
@@ -70,7 +72,7 @@ class AdaptedCache:
         objects are copied, the tensors in them are not."""
         new = AdaptedCache(0, self.mask.device)
         new.inner = copy.deepcopy(self.inner, memo={id(t): t for _, t in _named_tensors(self.inner)})
-        new.mask, new.seq_lens = self.mask, self.seq_lens
+        new.mask, new.seq_lens, new.padded = self.mask, self.seq_lens, self.padded
         return new
 
     def copy_from(self, other: AdaptedCache) -> None:
@@ -105,6 +107,7 @@ class AdaptedCache:
         width = max(widths)
         new.mask = torch.cat([torch.nn.functional.pad(c.mask, (width - c.seen_columns, 0)) for c in caches])
         new.seq_lens = torch.cat([c.seq_lens for c in caches])
+        new.padded = len(widths) > 1 or any(c.padded for c in caches)
         return new
 
     def put_rows(self, rows: torch.Tensor, part: AdaptedCache) -> None:
@@ -189,7 +192,12 @@ class AdaptedLM(nn.Module):
         positions = (cache.seq_lens[:, None] + step.cumsum(1) - 1).clamp(min=0)
         cache.mask = torch.cat([cache.mask, step], 1)
         cache.seq_lens = cache.seq_lens + step.sum(1)
-        mask = cache.mask if self.cumulative_mask else (None if all_real else step)
+        if not all_real:
+            cache.padded = cache.padded or bool((step == 0).any())
+        if self.cumulative_mask:  # attention layers: every column's mask, once there is a pad to mask
+            mask = cache.mask if cache.padded else None
+        else:
+            mask = None if all_real else step
         args: dict[str, Any] = {self.cache_arg: cache.inner, "use_cache": True, "attention_mask": mask}
         if self.takes_cache_position:
             args["cache_position"] = torch.arange(start, start + input_ids.shape[1], device=input_ids.device)
@@ -225,6 +233,7 @@ class AdaptedLM(nn.Module):
                 logits[rows, b - need - keep_from : b - keep_from] = out.logits[:, -need:]
         cache.mask = torch.cat([cache.mask, step], 1)
         cache.seq_lens = cache.seq_lens + step.sum(1)
+        cache.padded = True
         if out is None:  # no row has a token in this chunk: nothing ran
             vocab = self.inner.get_output_embeddings().weight.shape[0]
             return CausalLMOutputWithPast(logits=input_ids.new_zeros(n, width - keep_from, vocab, dtype=self.dtype))
