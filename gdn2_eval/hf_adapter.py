@@ -115,14 +115,7 @@ class AdaptedCache:
         self.inner = _zip_tensors(self.inner, [self.inner, part.inner], lambda ts: ts[0].index_copy(0, rows, ts[1]))
 
     def nbytes(self) -> int:
-        total = [0]
-
-        def count(t):
-            total[0] += t.numel() * t.element_size()
-            return t
-
-        _map_tensors(self.inner, count)
-        return total[0]
+        return sum(t.numel() * t.element_size() for _, t in _named_tensors(self.inner))
 
 
 class AdaptedLM(nn.Module):
@@ -160,6 +153,11 @@ class AdaptedLM(nn.Module):
         return self._recurrent
 
     @property
+    def fixed_state(self) -> bool:
+        """Whether the cache has a fixed size (no attention keys): the prefix tree and a captured step apply."""
+        return self.fixed_state_bytes is not None
+
+    @property
     def position_limit(self) -> int | None:
         """The longest input a model with no recurrent layer takes (its position table); None for recurrent ones."""
         if self._recurrent:
@@ -179,7 +177,7 @@ class AdaptedLM(nn.Module):
         if attention_mask is None:  # every column real (a decode step): nothing here may wait for the GPU
             return self._call(input_ids, torch.ones_like(input_ids), cache, logits_to_keep, all_real=True)
         step = attention_mask.to(input_ids.device).long()
-        if self.fixed_state_bytes is not None and cache.inner is not None and _pads_after_state(step, cache):
+        if self.fixed_state and cache.inner is not None and _pads_after_state(step, cache):
             return self._staggered(input_ids, step, cache, logits_to_keep)
         return self._call(input_ids, step, cache, logits_to_keep)
 
@@ -188,8 +186,7 @@ class AdaptedLM(nn.Module):
         """The model's forward on one chunk, `step` its 0/1 mask; the cache's mask and counts move on. A chunk of
         real tokens only reaches a recurrent-only model without a mask (fla's layers would unpad it, a sync that
         a captured step cannot hold)."""
-        start = cache.seen_columns
-        positions = (cache.seq_lens[:, None] + step.cumsum(1) - 1).clamp(min=0)
+        start, before = cache.seen_columns, cache.seq_lens
         cache.mask = torch.cat([cache.mask, step], 1)
         cache.seq_lens = cache.seq_lens + step.sum(1)
         if not all_real:
@@ -201,8 +198,8 @@ class AdaptedLM(nn.Module):
         args: dict[str, Any] = {self.cache_arg: cache.inner, "use_cache": True, "attention_mask": mask}
         if self.takes_cache_position:
             args["cache_position"] = torch.arange(start, start + input_ids.shape[1], device=input_ids.device)
-        if self.takes_positions:
-            args["position_ids"] = positions
+        if self.takes_positions:  # each row's own positions, counted over its real tokens
+            args["position_ids"] = (before[:, None] + step.cumsum(1) - 1).clamp(min=0)
         if self.takes_logits_to_keep:
             args["logits_to_keep"] = logits_to_keep
         out = self.inner(input_ids, **args)
@@ -280,10 +277,10 @@ class AdaptedLM(nn.Module):
                              "positions",
             }[kind],
             "decode": ("captured step on CUDA (the fixed-size state copied back into fixed buffers each step)"
-                       if self.fixed_state_bytes is not None else
+                       if self.fixed_state else
                        "eager (the attention keys grow each step: no fixed buffers for a CUDA graph)"),
-            "cuda_graph": self.fixed_state_bytes is not None,
-            "prefix_tree": self.fixed_state_bytes is not None,
+            "cuda_graph": self.fixed_state,
+            "prefix_tree": self.fixed_state,
             "state_bytes_per_row": self.fixed_state_bytes,
             "chunk_check_rel_err": self.chunk_check_error,  # 8 tokens at once against 4 + 4, at load
             "state_bytes_per_layer": self.state_bytes_per_layer,
@@ -319,10 +316,12 @@ def _children(obj: Any) -> list[tuple[Any, Any]]:
 
 
 def _is_cache_object(obj: Any) -> bool:
-    mod = type(obj).__module__
-    return hasattr(obj, "__dict__") and (mod.startswith(("transformers.cache_utils", "fla.")) or "Cache" in
-                                         type(obj).__name__ or "Layer" in type(obj).__name__) \
-        and not isinstance(obj, (nn.Module, torch.Tensor))
+    """transformers' and fla's cache and cache-layer objects (whose attributes hold the state), nothing else."""
+    if isinstance(obj, (nn.Module, torch.Tensor)) or not hasattr(obj, "__dict__"):
+        return False
+    cls = type(obj)
+    return cls.__module__.startswith(("transformers.cache_utils", "fla.")) or "Cache" in cls.__name__ \
+        or "Layer" in cls.__name__
 
 
 def _set(obj: Any, key: Any, value: Any) -> Any:
@@ -351,9 +350,9 @@ def _zip_tensors(target: Any, parts: list[Any], fn) -> Any:
     """Set every tensor of `target` to `fn` of the tensors at the same place in `parts` (same structure)."""
     if isinstance(target, torch.Tensor):
         return fn(parts) if target.dim() > 0 else target
+    children = [dict(_children(p)) for p in parts]
     for key, value in _children(target):
-        subs = [dict(_children(p))[key] for p in parts]
-        new = _zip_tensors(value, subs, fn)
+        new = _zip_tensors(value, [c[key] for c in children], fn)
         if new is not value:
             target = _set(target, key, new)
     return target
@@ -383,17 +382,21 @@ def _named_tensors(obj: Any, prefix: str = "") -> list[tuple[str, torch.Tensor]]
 _RECURRENT_NAMES = ("recurrent", "conv", "ssm", "state")
 
 
+def _is_state(name: str) -> bool:
+    """A recurrent or conv state's tensor, by its place in the cache (fla's `attn_state` holds attention keys)."""
+    low = name.lower()
+    return any(w in low for w in _RECURRENT_NAMES) and "attn" not in low
+
+
 def _has_recurrent_state(inner: Any) -> bool:
-    return any(any(w in name.lower() for w in _RECURRENT_NAMES) and "attn" not in name.lower()
-               for name, _ in _named_tensors(inner))
+    return any(_is_state(name) for name, _ in _named_tensors(inner))
 
 
 def _state_bytes_per_layer(inner: Any) -> dict[str, int]:
     """Bytes of one row's recurrent and conv state per layer (attention keys are not a fixed-size state)."""
     out: dict[str, int] = {}
     for name, t in _named_tensors(inner):
-        low = name.lower()
-        if any(w in low for w in _RECURRENT_NAMES) and "attn" not in low:
+        if _is_state(name):
             layer = name.split(".")[1] if name.startswith("layers.") else name.split(".")[0]
             out[layer] = out.get(layer, 0) + t[0].numel() * t.element_size()
     return out

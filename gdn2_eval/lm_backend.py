@@ -207,19 +207,20 @@ class GDN2LM(HFLM):
             "impl": "inference" if type(self.model).__name__ == "GDN2InferenceForCausalLM" else "reference",
         }
 
-    def _check_fits(self, lengths: list[int], what: str) -> None:
+    def check_fits(self, lengths: list[int], what: str, advice: str | None = None) -> None:
+        """A one-line `UserError` when the longest of `lengths` is past the model's positional limit."""
         limit = self.position_limit
         longest = max(lengths, default=0)
         if limit is not None and longest > limit:
             raise UserError(
                 f"a {what} of {longest} tokens does not fit this model's limit of {limit} positions "
-                "(an attention model has no state to carry past it); use shorter tasks or --limit, or pass "
-                "max_length=... if the model supports more"
+                "(an attention model has no state to carry past it); "
+                + (advice or "use shorter tasks or --limit, or pass max_length=... if the model supports more")
             )
 
     # ---- loglikelihood -------------------------------------------------------------------------------------------
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs: int | None = None):
-        self._check_fits([len(c) + len(x) - 1 for _, c, x in requests], "context plus continuation")
+        self.check_fits([len(c) + len(x) - 1 for _, c, x in requests], "context plus continuation")
         if not self.recurrent:
             return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
         walk = self._context_walk(requests)
@@ -326,7 +327,7 @@ class GDN2LM(HFLM):
 
     def _context_walk(self, requests) -> PrefixWalk | None:
         """The prefix tree over a call's distinct contexts, when sharing is on (or, with `auto`, saves enough)."""
-        if self.share_prefix is False or not self._tree_applies():
+        if self.share_prefix is False:
             return None
         contexts = list(dict.fromkeys(tuple(ctx) for _, ctx, _ in requests))
         return self._walk([list(c) for c in contexts], sum(len(ctx) for _, ctx, _ in requests))
@@ -453,7 +454,7 @@ class GDN2LM(HFLM):
         replays a CUDA graph on GPUs); sampling requests and other models through lm-eval's stock path."""
         if self.world_size > 1:
             return self._balanced("generate_until", requests)
-        self._check_fits(
+        self.check_fits(
             [len(self.tok_encode(r.args[0])) + self.max_gen_toks for r in requests], "prompt plus generation budget"
         )
         if not self.recurrent:
@@ -526,11 +527,11 @@ class GDN2LM(HFLM):
 
     def _graph_decode(self) -> bool:
         """GDN-2 models, and adapted models whose state has a fixed size, replay a captured step on CUDA."""
-        return not self.adapted or self.model.path_record()["cuda_graph"]
+        return not self.adapted or self.model.fixed_state
 
     def _tree_applies(self) -> bool:
-        """GDN-2 models, and adapted models whose state has a fixed size (`AdaptedLM.path_record`)."""
-        return not self.adapted or self.model.path_record()["prefix_tree"]
+        """GDN-2 models, and adapted models whose state has a fixed size, run the prefix tree."""
+        return not self.adapted or self.model.fixed_state
 
     def _greedy_tree(self, walk: PrefixWalk, order: list[int], max_new: int, decode_args: dict, text):
         """Decode batches of prompts as the tree walk finishes their prefill (each from its own cache row)."""

@@ -202,13 +202,13 @@ def _transformers_class(model_type: str | None):
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     name = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type or "")
+    if name is None:
+        return None
     try:
         mapped = AutoModelForCausalLM._model_mapping[transformers.AutoConfig.for_model(model_type).__class__]
     except (KeyError, ValueError):
         return None
-    if name is None or mapped.__module__.startswith("transformers."):
-        return None
-    return getattr(transformers, name, None)
+    return None if mapped.__module__.startswith("transformers.") else getattr(transformers, name, None)
 
 
 def _load_authors_checkpoint(path: Path, arch: str | Path, dtype: torch.dtype, overrides: dict) -> GDN2ForCausalLM:

@@ -105,18 +105,14 @@ def describe_model(model: torch.nn.Module, path: str) -> dict[str, Any]:
             output_gate_act=config.output_gate_act,
         )
     else:
-        desc["family"] = family_of(model)
         record = model.path_record() if callable(getattr(model, "path_record", None)) else {}
+        desc["family"] = family_of(config.model_type, record.get("layers"))
         if record.get("state_bytes_per_layer"):
             desc["state_bytes_per_layer"] = record["state_bytes_per_layer"]
     return desc
 
 
-def family_of(model: torch.nn.Module) -> str:
-    """The tables' family of a baseline: its model_type in `model_families.json`, else what its layers are (an
-    adapted model knows: `AdaptedLM.path_record`), else "other"."""
-    known = FAMILY_BY_MODEL_TYPE.get(model.config.model_type)
-    if known:
-        return known
-    record = model.path_record() if callable(getattr(model, "path_record", None)) else {}
-    return FAMILY_BY_LAYERS.get(record.get("layers"), "other")
+def family_of(model_type: str, layers: str | None = None) -> str:
+    """The tables' family of a baseline: its model_type in `model_families.json`, else what its layers are
+    (`AdaptedLM.path_record`: recurrent, hybrid, attention), else "other"."""
+    return FAMILY_BY_MODEL_TYPE.get(model_type) or FAMILY_BY_LAYERS.get(layers, "other")

@@ -120,14 +120,6 @@ def check_ruler_inputs(units: list[Unit], tokenizer) -> None:
             generate_samples(unit.task, unit.context_length, 1, tokenizer, seed=meta["seed"], haystack=meta["haystack"])
 
 
-def check_positions(units: list[Unit], limit: int | None) -> None:
-    """A RULER length past an attention model's positional limit fails before anything runs (nothing is truncated)."""
-    too_long = sorted({u.context_length for u in units if u.kind == "ruler" and limit and u.context_length > limit})
-    if too_long:
-        raise UserError(f"RULER length {too_long[0]} does not fit this model's limit of {limit} positions (an "
-                        f"attention model has no state to carry past it); choose --lengths up to {limit}")
-
-
 def builtin_tasks_dir() -> Path:
     from . import tasks
 
@@ -253,7 +245,9 @@ def run(spec: RunSpec, progress=None) -> Path:
         **spec.model_options,
     )
     check_ruler_inputs(units, lm.tokenizer)
-    check_positions(units, lm.position_limit)
+    # a RULER length past an attention model's positional limit fails before anything runs (nothing is truncated)
+    lm.check_fits([u.context_length for u in units if u.kind == "ruler"], "RULER prompt",
+                  advice=f"choose --lengths up to {lm.position_limit}")
     model_desc = describe_model(lm.model, spec.model)
     model_desc["backend_path"] = lm.path_record()  # which path the model takes through the backend, and why
     protocol = {**lm.protocol(), "limit": spec.limit, "batch_size": lm.batch_size, "suite": spec.suite}

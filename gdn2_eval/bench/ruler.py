@@ -65,21 +65,21 @@ def bench(model, tok_dir: Path, *, samples: int, batch_size: int, hf_batch_size:
     fast = for_ours(model, impl)
     ours = GDN2LM(pretrained=fast, tokenizer=str(tok_dir), batch_size=batch_size)
     # prefix sharing forced on and off, whatever `auto` (the headline run) decides for each cell
-    plain = tuple(GDN2LM(pretrained=fast, tokenizer=str(tok_dir), batch_size=batch_size, share_prefix=mode)
-                  for mode in ("on", "off")) if share_compare else None
+    forced = tuple(GDN2LM(pretrained=fast, tokenizer=str(tok_dir), batch_size=batch_size, share_prefix=mode)
+                   for mode in ("on", "off")) if share_compare else None
     report["gdn2_impl"] = ours.protocol()["impl"]
     report["backend_path"] = ours.path_record()
     if long_length:  # first: it is short, and a run cut off by a time limit still has it
         long_sample(report, tok, ours, long_length, save)
     if samples:
         compare(report, model, fast, tok, tok_dir, ours, samples, hf_batch_size, hf_budget_s, save,
-                PAPER_GRID if grid is None else grid, plain)
+                PAPER_GRID if grid is None else grid, forced)
     return report
 
 
 def compare(report: dict[str, Any], model, fast, tok, tok_dir: Path, ours, samples: int, hf_batch_size: int,
-            hf_budget_s: float, save, grid: dict[str, list[int]], plain=None) -> None:
-    """The grid through both backends, cell by cell, into `report["cells"]`; with `plain` (the gdn2 backend with
+            hf_budget_s: float, save, grid: dict[str, list[int]], forced=None) -> None:
+    """The grid through both backends, cell by cell, into `report["cells"]`; with `forced` (the gdn2 backend with
     prefix sharing on, and off) also with and without sharing, and the tokens the shared run prefilled."""
     from lm_eval.models.huggingface import HFLM
 
@@ -116,8 +116,8 @@ def compare(report: dict[str, Any], model, fast, tok, tok_dir: Path, ours, sampl
         t_ours, p_ours = runs[-1]
         cell = {"gdn2_s": t_ours,
                 "gdn2_score": 100 * sum(sample_score(p, d["outputs"]) for p, d in zip(p_ours, docs)) / len(docs)}
-        if plain is not None:
-            on, off = plain
+        if forced is not None:
+            on, off = forced
             on.reset_token_stats()
             t_on, p_on = timed(lambda reqs=reqs, lm=on: lm.generate_until(reqs, disable_tqdm=True))
             t_off, p_off = timed(lambda reqs=reqs, lm=off: lm.generate_until(reqs, disable_tqdm=True))
