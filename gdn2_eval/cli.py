@@ -761,6 +761,9 @@ def bench_ruler(
     long_length: Annotated[int | None, typer.Option(help="One sample at this length first (0: skip).")] = None,
     share_compare: Annotated[bool, typer.Option(help="Also run each cell through the gdn2 backend with prefix "
                                                 "sharing off (time and tokens with and without).")] = True,
+    dump_fla_configs: Annotated[Path | None, typer.Option(help="After each step, write the launch configurations "
+                                                          "fla's autotuner chose to this folder (what "
+                                                          "kernels/configs/fla/<GPU>/ keeps).")] = None,
 ) -> None:
     """The RULER grid through the gdn2 backend and lm-eval's stock hf backend on the same prompts."""
     from .names import check_name
@@ -772,11 +775,13 @@ def bench_ruler(
     checks.preset("--preset", preset, baselines=True)
     checks.choice("--impl", impl, checks.IMPLS)
     checks.at_least("--long-length", long_length, 0)
+    checks.writable_dir("--dump-fla-configs", dump_fla_configs)
     _need_cuda("ruler")
     from .bench.ruler import main as bench_main
 
     bench_main(_bench_argv(out=out, samples=samples, lengths=lengths, model=model, preset=preset, impl=impl,
-                           long_length=long_length) + ([] if share_compare else ["--no-share-compare"]))
+                           long_length=long_length, dump_fla_configs=dump_fla_configs)
+               + ([] if share_compare else ["--no-share-compare"]))
 
 
 @bench_app.command("backend")

@@ -22,6 +22,20 @@ from gdn2_eval.kernels.fla_configs import use_pinned_configs
 # (a no-op without CUDA); as in the loaders, before anything imports fla's kernels.
 use_pinned_configs()
 
+
+def _one_launch_config() -> None:
+    """GPU tests check numbers, not speed: every autotuned Triton kernel (fla's, for shapes and dtypes no pinned
+    entry covers) runs its first valid configuration instead of compiling and timing each candidate, which made the
+    GPU suite spend minutes autotuning tiny shapes."""
+    from triton.runtime.autotuner import Autotuner
+
+    prune = Autotuner.prune_configs
+    Autotuner.prune_configs = lambda self, kwargs: prune(self, kwargs)[:1]
+
+
+if torch.cuda.is_available():
+    _one_launch_config()
+
 # A hybrid in the authors' field names: GQA (2 query groups for 4 heads), window smaller than the test prompts.
 TINY_HYBRID_FIELDS = dict(
     n_layer=4,

@@ -210,6 +210,7 @@ def _bad_cases(tmp: Path) -> list[tuple[list[str], str]]:
         (["bench", "model", "--compare-kernels", "cuda", "--out", out], "--compare-kernels"),
         (["bench", "model", "--cold-kernels", "fast", "--out", out], "--cold-kernels"),
         (["bench", "model", "--dump-fla-configs", a_file, "--out", out], "--dump-fla-configs"),
+        (["bench", "ruler", "--dump-fla-configs", a_file, "--out", out], "--dump-fla-configs"),
         (["bench", "ruler", "--preset", "gpt9", "--out", out], "--preset"),
         (["bench", "ruler", "--samples", "-1", "--out", out], "--samples"),
         (["bench", "ruler", "--lengths", "1k,x", "--out", out], "--lengths"),

@@ -57,6 +57,9 @@ def build_model(kind: str, device: str, kernel: str) -> torch.nn.Module:
     """A GDN-2 preset (`gdn2_1.3B`, ...) or one of fla's baselines (`FLA_BASELINES`), random weights in bf16."""
     torch.manual_seed(0)
     if kind in FLA_BASELINES:
+        from ..kernels.fla_configs import use_pinned_configs
+
+        use_pinned_configs()  # as the loaders do: the launch configurations kept for this GPU
         import fla.models  # registers fla's models
 
         config_cls, model_cls, shape = FLA_BASELINES[kind]

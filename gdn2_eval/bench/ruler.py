@@ -150,17 +150,14 @@ def compare(report: dict[str, Any], model, fast, tok, tok_dir: Path, ours, sampl
 
 
 def long_sample(report: dict[str, Any], tok, ours, length: int, save) -> None:
-    """One sample of `length` tokens: prefill in chunks carrying state, constant-size decode state. A sample of
-    up to 2K runs first, so that kernel compilation is outside the time."""
+    """One sample of `length` tokens: prefill in chunks carrying state, constant-size decode state. A shorter
+    sample runs first in the same chunks, so that kernel compilation (and the autotuning of kernels whose tuning key
+    holds the chunk length) is outside the time."""
     from ..ruler import generate_samples
 
-    # Warm-up in chunks of 512 tokens, so that the chunk-carries-state variants compile here and not in the timing.
-    warm_doc = generate_samples("niah_single_2", min(2048, length), 1, tok)
-    full, ours.prefill_tokens = ours.prefill_tokens, 512
-    try:
-        warm, _ = timed(lambda: ours.generate_until(requests_for(warm_doc), disable_tqdm=True))
-    finally:
-        ours.prefill_tokens = full
+    # two whole chunks and a short one carrying the state: the shapes the long sample's prefill runs
+    warm_doc = generate_samples("niah_single_2", min(length, 2 * ours.chunk_tokens + 1024), 1, tok)
+    warm, _ = timed(lambda: ours.generate_until(requests_for(warm_doc), disable_tqdm=True))
     doc = generate_samples("niah_single_2", length, 1, tok)[0]
     cuda = torch.cuda.is_available()
     if cuda:
@@ -191,6 +188,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--impl", default="auto", help="how the gdn2 backend runs GDN-2: auto, inference, reference")
     ap.add_argument("--no-share-compare", action="store_true",
                     help="skip the second gdn2 run of each cell with prefix sharing off")
+    ap.add_argument("--dump-fla-configs", type=Path,
+                    help="after each step, write the launch configurations fla's autotuner chose here as fla config "
+                         "files (what kernels/configs/fla/<GPU>/ keeps): a run cut short keeps what it tuned")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -223,7 +223,15 @@ def main(argv: list[str] | None = None) -> None:
     bench(model.eval(), tok_dir, samples=args.samples, batch_size=args.batch_size, hf_batch_size=args.hf_batch_size,
           long_length=args.long_length, hf_budget_s=args.hf_budget_s, grid={t: n for t, n in grid.items() if n},
           label=label, impl=args.impl, share_compare=not args.no_share_compare,
-          save=lambda report: atomic_write(args.out, json.dumps(report, indent=1) + "\n"))
+          save=lambda report: save(report, args.out, args.dump_fla_configs))
+
+
+def save(report: dict[str, Any], out: Path, fla_configs: Path | None) -> None:
+    atomic_write(out, json.dumps(report, indent=1) + "\n")
+    if fla_configs is not None:
+        from ..kernels.fla_configs import dump_autotuned
+
+        dump_autotuned(fla_configs)
 
 
 if __name__ == "__main__":
