@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 
@@ -36,7 +38,10 @@ def test_linear_attention_models_load_and_run_on_their_pytorch_paths(name, tmp_p
     with torch.no_grad():
         whole = model(ids).logits[0, -1]
         first = model(ids[:, :16], use_cache=True)
-        rest = model(ids[:, 16:], past_key_values=first.past_key_values, use_cache=True).logits[0, -1]
+        # the cache argument's name in this transformers (`cache` from 5.25, `past_key_values` before)
+        arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        carried = first.cache if getattr(first, "cache", None) is not None else first.past_key_values
+        rest = model(ids[:, 16:], **{arg: carried}, use_cache=True).logits[0, -1]
         out = model.generate(ids, max_new_tokens=4, do_sample=False)
     assert torch.isfinite(whole).all() and out.shape == (1, 28)
     torch.testing.assert_close(rest, whole, rtol=1e-4, atol=1e-4)  # the state carried across calls
