@@ -150,6 +150,28 @@ def lengths(option: str, value: str | None) -> list[int] | None:
         raise UserError(f"{option}: {e}") from None
 
 
+def ruler_cells(option: str, value: str | None, only_lengths: str | None = None) -> list[str]:
+    """Cells of the paper's RULER grid as `task@length` (length as 1k or 1024), kept to `only_lengths` when given;
+    returned with the length in tokens (`niah_single_1@1024`)."""
+    if not value:
+        return []
+    from .ruler import PAPER_GRID, RulerError, parse_length
+
+    keep = lengths("--lengths", only_lengths)
+    cells = []
+    for item in (p.strip() for p in value.split(",") if p.strip()):
+        task, _, n = item.partition("@")
+        try:
+            tokens = parse_length(n)
+        except RulerError:
+            tokens = None
+        if tokens not in PAPER_GRID.get(task, ()) or (keep is not None and tokens not in keep):
+            grid = ", ".join(f"{t}@{'/'.join(f'{m // 1024}k' for m in ns)}" for t, ns in PAPER_GRID.items())
+            raise UserError(f"{option}: {item!r} is not a cell of the grid run ({grid})")
+        cells.append(f"{task}@{tokens}")
+    return cells
+
+
 def length(option: str, value: str) -> int:
     from .ruler import RulerError, parse_length
 

@@ -764,6 +764,9 @@ def bench_ruler(
     dump_fla_configs: Annotated[Path | None, typer.Option(help="After each step, write the launch configurations "
                                                           "fla's autotuner chose to this folder (what "
                                                           "kernels/configs/fla/<GPU>/ keeps).")] = None,
+    profile_cells: Annotated[str | None, typer.Option(help="Cells to profile with and without prefix sharing "
+                                                      "(torch.profiler tables beside --out), e.g. "
+                                                      "niah_single_1@1k,niah_multikey_1@2k.")] = None,
 ) -> None:
     """The RULER grid through the gdn2 backend and lm-eval's stock hf backend on the same prompts."""
     from .names import check_name
@@ -776,11 +779,15 @@ def bench_ruler(
     checks.choice("--impl", impl, checks.IMPLS)
     checks.at_least("--long-length", long_length, 0)
     checks.writable_dir("--dump-fla-configs", dump_fla_configs)
+    cells = checks.ruler_cells("--profile-cells", profile_cells, lengths)
+    if cells and not share_compare:
+        raise UserError("--profile-cells profiles each cell with and without prefix sharing: drop --no-share-compare")
     _need_cuda("ruler")
     from .bench.ruler import main as bench_main
 
     bench_main(_bench_argv(out=out, samples=samples, lengths=lengths, model=model, preset=preset, impl=impl,
-                           long_length=long_length, dump_fla_configs=dump_fla_configs)
+                           long_length=long_length, dump_fla_configs=dump_fla_configs,
+                           profile_cells=",".join(cells) or None)
                + ([] if share_compare else ["--no-share-compare"]))
 
 

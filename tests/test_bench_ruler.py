@@ -15,7 +15,8 @@ def test_bench_compares_the_backends_cell_by_cell_and_saves_after_each_step(tmp_
     report = bench(tiny_model("recurrent", vocab_size=640), tmp_path / "tok", samples=2, batch_size=2,
                    hf_batch_size=2, long_length=1024, hf_budget_s=1e9,
                    grid={"niah_single_1": [768], "niah_multikey_1": [768]},
-                   save=lambda r: saved.append(json.loads(json.dumps(r))))
+                   save=lambda r: saved.append(json.loads(json.dumps(r))),
+                   profile_cells=("niah_multikey_1@768",), profile_dir=tmp_path / "profiles")
     assert report["device"] == "cpu" and report["long_sample"]["prompt_tokens"] <= 1024 - 128
     assert list(report["cells"]) == ["niah_single_1@768", "niah_multikey_1@768"]
     first = report["cells"]["niah_single_1@768"]  # only the first cell of a length is run twice (cold, then timed)
@@ -31,3 +32,9 @@ def test_bench_compares_the_backends_cell_by_cell_and_saves_after_each_step(tmp_
     assert 0 < report["prefill_over_prompt_tokens"] <= 1
     assert report["cells_with_both"] == 2
     assert [len(r["cells"]) for r in saved] == [0, 1, 2]  # the long sample, then one save per cell
+    # the profiled cell: both runs traced, their operator tables written, the shared one with fewer tokens
+    profile = report["cells"]["niah_multikey_1@768"]["profile"]
+    assert "profile" not in report["cells"]["niah_single_1@768"]
+    for mode in ("on", "off"):
+        assert profile[mode]["wall_s"] > 0 and profile[mode]["eager_forwards"] > 0
+        assert "aten::" in (tmp_path / "profiles" / profile[mode]["table"]).read_text()

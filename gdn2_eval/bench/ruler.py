@@ -46,11 +46,14 @@ def timed(fn) -> tuple[float, Any]:
 
 def bench(model, tok_dir: Path, *, samples: int, batch_size: int, hf_batch_size: int, long_length: int,
           hf_budget_s: float, save, grid: dict[str, list[int]] | None = None,
-          label: str | None = None, impl: str = "auto", share_compare: bool = True) -> dict[str, Any]:
+          label: str | None = None, impl: str = "auto", share_compare: bool = True,
+          profile_cells: tuple[str, ...] = (), profile_dir: Path | None = None) -> dict[str, Any]:
     """The long sample (skipped when `long_length` is 0), then the comparison over `grid` (default: the paper's;
     skipped when `samples` is 0). `save(report)` is called after every step, so a run cut short by a time limit
     keeps what it measured. The `gdn2` backend runs `model` on the `impl` path; the stock backend runs it as given.
-    With `share_compare`, each cell also runs through the gdn2 backend without prefix sharing (`gdn2_noshare_s`)."""
+    With `share_compare`, each cell also runs through the gdn2 backend without prefix sharing (`gdn2_noshare_s`);
+    the cells named in `profile_cells` (`task@length`) then run once more each way under `torch.profiler`, its
+    tables written to `profile_dir`."""
     from ..lm_backend import GDN2LM
     from ..ruler import PAPER_GRID, load_tokenizer
     from .backend import for_ours
@@ -73,12 +76,13 @@ def bench(model, tok_dir: Path, *, samples: int, batch_size: int, hf_batch_size:
         long_sample(report, tok, ours, long_length, save)
     if samples:
         compare(report, model, fast, tok, tok_dir, ours, samples, hf_batch_size, hf_budget_s, save,
-                PAPER_GRID if grid is None else grid, forced)
+                PAPER_GRID if grid is None else grid, forced, profile_cells, profile_dir)
     return report
 
 
 def compare(report: dict[str, Any], model, fast, tok, tok_dir: Path, ours, samples: int, hf_batch_size: int,
-            hf_budget_s: float, save, grid: dict[str, list[int]], forced=None) -> None:
+            hf_budget_s: float, save, grid: dict[str, list[int]], forced=None, profile_cells: tuple[str, ...] = (),
+            profile_dir: Path | None = None) -> None:
     """The grid through both backends, cell by cell, into `report["cells"]`; with `forced` (the gdn2 backend with
     prefix sharing on, and off) also with and without sharing, and the tokens the shared run prefilled."""
     from lm_eval.models.huggingface import HFLM
@@ -123,6 +127,10 @@ def compare(report: dict[str, Any], model, fast, tok, tok_dir: Path, ours, sampl
             t_off, p_off = timed(lambda reqs=reqs, lm=off: lm.generate_until(reqs, disable_tqdm=True))
             cell.update(gdn2_share_on_s=t_on, gdn2_noshare_s=t_off, share_speedup=t_off / t_on, **on.token_stats,
                         same_prediction_noshare=sum(a == b for a, b in zip(p_on, p_off)) / len(docs))
+            if f"{task}@{length}" in profile_cells:
+                cell["profile"] = {mode: profiled(lambda reqs=reqs, lm=lm: lm.generate_until(reqs, disable_tqdm=True),
+                                                  profile_dir / f"profile_{task}@{length}_share_{mode}.txt")
+                                   for mode, lm in (("on", on), ("off", off))}
         if first:
             cell["gdn2_cold_s"] = runs[0][0]
         if spent_hf < hf_budget_s:
@@ -147,6 +155,26 @@ def compare(report: dict[str, Any], model, fast, tok, tok_dir: Path, ours, sampl
                                                     / max(1, sum(c["prompt_tokens"] for c in shared)))
         print(json.dumps({f"{task}@{length}": cell}), flush=True)
         save(report)
+
+
+def profiled(fn, table: Path) -> dict[str, Any]:
+    """Run `fn` once under `torch.profiler` (CPU, and CUDA where there is one); write its operator table (sorted by
+    device time on a GPU) to `table`. Returns the wall time, the time the device spent in kernels, the kernels
+    launched and the model forwards run eagerly (one embedding lookup each; replayed decode graphs have none): what
+    separates GPU work from launch, Python and compile cost."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = torch.cuda.is_available()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        wall, _ = timed(fn)
+    sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    table.parent.mkdir(parents=True, exist_ok=True)
+    table.write_text(prof.key_averages().table(sort_by=sort, row_limit=60) + "\n")
+    on_device = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    return {"wall_s": wall, "device_kernel_s": sum(e.device_time_total for e in on_device) / 1e6,
+            "device_kernels": len(on_device), "eager_forwards": sum(e.name == "aten::embedding" for e in prof.events()),
+            "table": table.name}
 
 
 def long_sample(report: dict[str, Any], tok, ours, length: int, save) -> None:
@@ -191,6 +219,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--dump-fla-configs", type=Path,
                     help="after each step, write the launch configurations fla's autotuner chose here as fla config "
                          "files (what kernels/configs/fla/<GPU>/ keeps): a run cut short keeps what it tuned")
+    ap.add_argument("--profile-cells", default="",
+                    help="cells (task@length, comma-separated) to run once more with and without prefix sharing "
+                         "under torch.profiler; tables written beside --out")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -223,6 +254,7 @@ def main(argv: list[str] | None = None) -> None:
     bench(model.eval(), tok_dir, samples=args.samples, batch_size=args.batch_size, hf_batch_size=args.hf_batch_size,
           long_length=args.long_length, hf_budget_s=args.hf_budget_s, grid={t: n for t, n in grid.items() if n},
           label=label, impl=args.impl, share_compare=not args.no_share_compare,
+          profile_cells=tuple(c for c in args.profile_cells.split(",") if c), profile_dir=args.out.parent,
           save=lambda report: save(report, args.out, args.dump_fla_configs))
 
 
