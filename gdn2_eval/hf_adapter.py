@@ -249,16 +249,24 @@ class AdaptedLM(nn.Module):
         self(ids[:, :4], past_key_values=cache, logits_to_keep=1)
         first = cache.nbytes()
         self.cumulative_mask = _attention_keys(cache.inner)
-        last = self(ids[:, 4:], past_key_values=cache, logits_to_keep=1).logits[0, -1].float()
+        # known from the first chunk's cache, and kept by the stock path when the second chunk fails: a recurrent
+        # model has no positional limit even when it runs whole sequences
+        self._recurrent = _has_recurrent_state(cache.inner)
+        name = type(self.inner).__name__
+        try:
+            last = self(ids[:, 4:], past_key_values=cache, logits_to_keep=1).logits[0, -1].float()
+        except ADAPT_ERRORS as e:
+            first_line = (str(e).splitlines() or [type(e).__name__])[0]
+            raise NotAdaptable(f"{name} does not run chunked with its cache ({first_line[:160]})",
+                               recurrent=self._recurrent) from None
         err = float((last - whole).norm() / whole.norm().clamp(min=1e-12))
         # float32 agrees to rounding; in bf16 two summation orders of a deep model differ by a few percent, so
         # there the check only catches a state that was plainly dropped
         self.chunk_check_error = err
         if not err <= (1e-4 if next(self.inner.parameters()).dtype == torch.float32 else 0.25):
-            raise NotAdaptable(f"{type(self.inner).__name__}'s cache does not carry its state across multi-token "
-                               f"chunks (8 tokens at once against 4 + 4: relative error {err:.1e})")
+            raise NotAdaptable(f"{name}'s cache does not carry its state across multi-token chunks (8 tokens at "
+                               f"once against 4 + 4: relative error {err:.1e})", recurrent=self._recurrent)
         grows = cache.nbytes() - first
-        self._recurrent = _has_recurrent_state(cache.inner)
         self.has_attention = grows > 0
         self.fixed_state_bytes = first if grows == 0 else None
         self.state_bytes_per_layer = _state_bytes_per_layer(cache.inner) if self._recurrent else None
@@ -288,7 +296,16 @@ class AdaptedLM(nn.Module):
 
 
 class NotAdaptable(Exception):
-    """Why a model cannot take the backend's own path (lm-eval's stock path runs it; the run records the reason)."""
+    """Why a model cannot take the backend's own path (lm-eval's stock path runs it; the run records the reason).
+    `recurrent`: whether its cache was seen to hold a recurrent state (None: not known)."""
+
+    def __init__(self, message: str, recurrent: bool | None = None) -> None:
+        super().__init__(message)
+        self.recurrent = recurrent
+
+
+# what a model's forward raises when its cache cannot continue a chunk (fla's, transformers' own messages)
+ADAPT_ERRORS = (TypeError, ValueError, AttributeError, NotImplementedError, StopIteration, RuntimeError)
 
 
 def adapt(model: nn.Module) -> AdaptedLM:
@@ -298,7 +315,7 @@ def adapt(model: nn.Module) -> AdaptedLM:
         return AdaptedLM(model)
     except NotAdaptable:
         raise
-    except (TypeError, ValueError, AttributeError, NotImplementedError, StopIteration, RuntimeError) as e:
+    except ADAPT_ERRORS as e:
         first = (str(e).splitlines() or [type(e).__name__])[0]
         raise NotAdaptable(f"{type(model).__name__} does not run chunked with its cache ({first[:160]})") from None
 

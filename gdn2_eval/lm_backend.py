@@ -114,11 +114,14 @@ class GDN2LM(HFLM):
         # the backend's own path needs `new_cache` and chunked forwards: GDN-2 models have them, other causal LMs get
         # them from the adapter (None: a model it cannot take, run by lm-eval's stock path)
         self.stock_reason: str | None = None  # why a model runs on lm-eval's stock path, when it does
+        # a model on the stock path whose cache holds a recurrent state (whole sequences then run in one forward,
+        # with no positional limit)
+        self.stock_recurrent = False
         if not callable(getattr(model, "new_cache", None)):
             try:
                 model = adapt(model)
             except NotAdaptable as e:
-                self.stock_reason = str(e)
+                self.stock_reason, self.stock_recurrent = str(e), bool(e.recurrent)
         self.recurrent = callable(getattr(model, "new_cache", None))
         self.adapted = isinstance(model, AdaptedLM)
         if batch_size == "auto":  # batches are bounded by tokens per forward (chunk_tokens), not by probing memory
@@ -179,7 +182,7 @@ class GDN2LM(HFLM):
             return self._max_length
         if self.adapted:
             return self.model.position_limit
-        return None if self.recurrent else super().max_length
+        return None if self.recurrent or self.stock_recurrent else super().max_length
 
     @property
     def max_length(self) -> int:
@@ -190,7 +193,11 @@ class GDN2LM(HFLM):
         if self.adapted:
             return self.model.path_record()
         if not self.recurrent:
-            return {"path": "stock-hf", "why": self.stock_reason or "no cache the backend can carry"}
+            record = {"path": "stock-hf", "why": self.stock_reason or "no cache the backend can carry"}
+            if self.stock_recurrent:  # recurrent: no positional limit, each request one whole-sequence forward
+                record.update(layers="recurrent", length_limit=None,
+                              scoring="each request in one forward over the whole sequence, no length limit")
+            return record
         return {"path": "recurrent-aware", "layers": "gdn2",
                 "why": "GDN-2: packed chunked prefill with the state carried, no length limit",
                 "decode": "cuda graph" if self.model.device.type == "cuda" else "eager",

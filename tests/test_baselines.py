@@ -267,7 +267,8 @@ def test_a_fixed_state_baseline_shares_ruler_prefixes_with_the_same_predictions(
 
 def test_a_model_whose_cache_drops_the_state_between_chunks_takes_the_stock_path_and_says_why(tokenizer):
     """transformers' Mamba (v1) PyTorch path does not carry its state across multi-token chunks: the adapter's probe
-    finds it at load, and the model runs on lm-eval's stock path, whole sequences, with the reason recorded."""
+    finds it at load, and the model runs on lm-eval's stock path, whole sequences, with the reason recorded. Its
+    state is recurrent, so no positional limit applies there either (lm-eval's default of 2048 would truncate)."""
     from gdn2_eval.lm_backend import GDN2LM
 
     torch.manual_seed(0)
@@ -277,7 +278,10 @@ def test_a_model_whose_cache_drops_the_state_between_chunks_takes_the_stock_path
     assert not lm.adapted and not lm.recurrent
     record = lm.path_record()
     assert record["path"] == "stock-hf" and "does not carry its state across multi-token chunks" in record["why"]
-    requests = _requests(tokenizer, n=2)
+    assert record["layers"] == "recurrent" and lm.position_limit is None
+    g = torch.Generator().manual_seed(5)
+    long = (None, torch.randint(3, 600, (2500,), generator=g).tolist(), [7, 8, 9])  # past lm-eval's 2048 default
+    requests = _requests(tokenizer, n=2) + [long]
     got = [lp for lp, _ in lm._loglikelihood_tokens(requests, disable_tqdm=True)]
     torch.testing.assert_close(torch.tensor(got), torch.tensor(_whole_pass(mamba, requests)), rtol=1e-4, atol=1e-3)
 

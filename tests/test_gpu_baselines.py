@@ -3,7 +3,7 @@ random in float32, through `gdn2_eval.hf_adapter` with fla's kernels (which need
 `test_baselines.py` runs on the CPU for transformers' models: chunked, batched scoring equals one whole pass per
 request; batched greedy equals each row alone and fla's own `generate`; the captured decode step equals the eager one;
 the prefix tree is exact. fla's Mamba-2 (0.6) takes one new token per cached step only, so it runs on lm-eval's
-stock path, with that reason recorded."""
+stock path, with that reason recorded, whole sequences and no length limit."""
 
 from __future__ import annotations
 
@@ -130,6 +130,8 @@ def test_fla_mamba2_runs_on_the_stock_path_and_says_why(tokenizer):
     record = lm.path_record()
     assert not lm.adapted and record["path"] == "stock-hf", record
     assert "single new token per step" in record["why"], record
-    requests = _requests(n=3)
+    assert record["layers"] == "recurrent" and lm.position_limit is None  # a recurrent state: no length limit
+    g = torch.Generator().manual_seed(5)
+    requests = _requests(n=3) + [(None, torch.randint(3, 600, (2500,), generator=g).tolist(), [7, 8, 9])]
     got = [lp for lp, _ in lm._loglikelihood_tokens(requests, disable_tqdm=True)]
     torch.testing.assert_close(torch.tensor(got), torch.tensor(_whole_pass(model, requests)), rtol=2e-4, atol=2e-3)
