@@ -13,8 +13,9 @@ _checkout = Path(__file__).resolve().parent.parent
 if (_checkout / "kernels" / "gdn2" / "torch_impl.py").is_file():
     __path__.append(str(_checkout))  # noqa: F821  (the package's own __path__)
 
-from . import registration  # noqa: E402  (after the path set-up)
+from . import quiet, registration  # noqa: E402  (after the path set-up)
 
+quiet.install()
 registration.install()
 
 __version__ = "0.1.0"

@@ -315,3 +315,18 @@ def test_a_fixed_state_baseline_decodes_through_fixed_buffers_as_eagerly(tokeniz
     a.copy_from(b)
     assert {name: t.data_ptr() for name, t in _named_tensors(a.inner)} == before
     assert all(torch.equal(x, y) for (_, x), (_, y) in zip(_named_tensors(a.inner), _named_tensors(b.inner)))
+
+
+def test_library_hints_about_the_harness_own_choices_are_not_shown(tokenizer, caplog):
+    """lm-eval warns on every construction that the backend passed it a loaded model, and transformers that a layer
+    falls back to its PyTorch path on the CPU: both are the harness's choices, not the user's to act on."""
+    import logging
+
+    with caplog.at_level(logging.WARNING):
+        lm = _lm("qwen3_next", tokenizer)
+        lm._loglikelihood_tokens(_requests(tokenizer, n=1), disable_tqdm=True)
+        logging.getLogger("transformers.integrations.hub_kernels").warning(
+            "`chunk_gated_delta_rule` is falling back to its reference PyTorch implementation because ...")
+    shown = " ".join(r.getMessage() for r in caplog.records)
+    for hint in ("not of type `str`", "already-initialized model", "falling back to its reference PyTorch"):
+        assert hint not in shown, shown
