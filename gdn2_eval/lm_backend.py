@@ -44,7 +44,7 @@ from .generation import generate_from, greedy_generate, pad_batch, prefill
 from .hf_adapter import AdaptedLM, NotAdaptable, adapt
 from .loading import load_model, load_tokenizer
 from .model import GDN2Config
-from .prefix_tree import PrefixWalk, default_budget, join, tree_pays, tree_tokens
+from .prefix_tree import PrefixWalk, default_budget, join, tree_pays
 
 PPL_PROTOCOLS = ("rolling", "carry")
 # Recurrent models have no context limit; lm-eval still asks for one (generation budget arithmetic).
@@ -527,7 +527,7 @@ class GDN2LM(HFLM):
         budget = self.share_budget or default_budget(self.model.device)
         walk = PrefixWalk(self.model, prompts, self._pad_id(), self.prefill_tokens, self.batch_size, budget,
                           check=_finite_prefill)
-        if self.share_prefix == "auto" and not tree_pays(total, tree_tokens(walk.nodes), len(prompts),
+        if self.share_prefix == "auto" and not tree_pays(total, walk.planned_tokens, len(prompts),
                                                          self.model.device):
             return None
         return walk

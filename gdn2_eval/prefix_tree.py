@@ -6,10 +6,14 @@ that prefix run once: every prompt below a branch point starts from a copy of th
 re-tokenised: the tree is built over the token ids the requests already have.
 
 * `build_tree` makes the radix tree of the prompts (nodes where prompts diverge or end);
-* `PrefixWalk` runs its edges through the model, many edges per packed forward, keeps a snapshot of each branch
-  node until its children have started from it, and hands each prompt's final cache row and last logits to the
-  caller. Snapshots live within a budget in bytes: when it is full the oldest are dropped and the prompts below
-  them run from the nearest kept ancestor (or from the start), which gives the same result with more tokens.
+* `plan_snapshots` picks the branch nodes worth a snapshot: every kept node below another adds one packed forward
+  (a round of the walk), and where a forward has a fixed cost (a GPU launches every kernel of the model for it)
+  a deep tree of short edges costs more in rounds than it saves in tokens. RULER's tree is a spine with one
+  needle's branch at each depth, about 20-40 rounds for 50 samples if every branch is kept;
+* `PrefixWalk` runs the planned edges through the model, many edges per packed forward, keeps a snapshot of each
+  planned node until its children have started from it, and hands each prompt's final cache row and last logits
+  to the caller. Snapshots live within a budget in bytes: when it is full the oldest are dropped and the prompts
+  below them run from the nearest kept ancestor (or from the start), which gives the same result with more tokens.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import cache
 
 import torch
 
@@ -26,8 +31,14 @@ from .generation import prefill
 TREE_MIN_SAVING = 4096
 # ... and, on a GPU, only when the prompts average at least this many tokens: there one packed prefill of short
 # prompts costs less than the walk's extra forwards (results/bench/ruler_h200.json: sharing took 0.33-0.96x the
-# unshared time at 1K-4K, 1.13-1.23x less at 8K, while saving 42-56% of the tokens of single-needle cells)
+# unshared time at 1K-4K, 1.13-1.23x less at 8K, while saving 42-56% of the tokens of single-needle cells). That
+# walk had a snapshot at every branch (20-30 forwards a cell); with the plan below (2-5) it is to be measured again
 TREE_MIN_MEAN_PROMPT_GPU = 6144
+# What one more round (packed forward) of the walk costs, in tokens of prefill: on a GPU ~30-60 ms of launches and
+# small kernels for a 1.3B model at ~150K tokens/s (22-30 rounds cost 0.6-1.4 s more per 1K-2K RULER cell,
+# results/bench/model_notes.md); on the CPU the tokens dominate
+ROUND_COST_TOKENS = {"cuda": 6144, "cpu": 64}
+MAX_ROUNDS = 9  # plans considered: at most this many rounds (snapshot levels + 1)
 
 
 def tree_pays(prompt_tokens: int, tree_run: int, prompts: int, device: torch.device | str) -> bool:
@@ -84,6 +95,16 @@ def build_tree(prompts: Sequence[Sequence[int]]) -> list[Node]:
     return nodes
 
 
+def _preorder_nodes(nodes: list[Node]) -> list[int]:
+    """The nodes in a depth-first walk from the root (every parent before its children)."""
+    out, stack = [], [0]
+    while stack:
+        n = stack.pop()
+        out.append(n)
+        stack.extend(reversed(nodes[n].children))
+    return out
+
+
 def _preorder(nodes: list[Node]) -> list[int]:
     """Each node's rank in a depth-first walk (children are in prompt order, as `build_tree` appends them)."""
     rank, stack = [0] * len(nodes), [0]
@@ -98,6 +119,62 @@ def _preorder(nodes: list[Node]) -> list[int]:
 def tree_tokens(nodes: list[Node]) -> int:
     """Tokens a walk of the tree runs through the model when no snapshot is dropped: every edge once."""
     return sum(n.depth - nodes[n.parent].depth for n in nodes[1:])
+
+
+def plan_snapshots(nodes: list[Node], round_cost: int) -> set[int]:
+    """The branch nodes to snapshot: every branch, or of all choices with at most L snapshots on any path from the
+    start to a prompt's end (L + 1 rounds, L + 1 <= MAX_ROUNDS), the one that minimises tokens run +
+    `round_cost` x rounds. Exact whatever the choice (a prompt below an unplanned node starts from the nearest
+    planned ancestor, or from the start); `round_cost` 0 keeps every branch (fewest tokens)."""
+    internal = {n for n in range(1, len(nodes)) if nodes[n].children}
+    branches_above = [0] * len(nodes)  # planned-if-all branches on the path to each node, itself included
+    for n in _preorder_nodes(nodes)[1:]:
+        branches_above[n] = branches_above[nodes[n].parent] + (n in internal)
+    all_rounds = max(branches_above, default=0) + 1
+    if not round_cost or not internal or len(nodes) * all_rounds * MAX_ROUNDS > 2_000_000 or all_rounds > 300:
+        return internal  # not asked for, or a plan too large to search: keep every branch
+
+    @cache
+    def g(n: int, start: int, levels: int) -> int:
+        """Fewest tokens to run `n`'s subtree (n included) when its nearest snapshot is at depth `start`."""
+        node = nodes[n]
+        edge = node.depth - start
+        skip = (edge if node.ends else 0) + sum(g(c, start, levels) for c in node.children)
+        if levels == 0 or n not in internal:
+            return skip
+        return min(skip, edge + sum(g(c, node.depth, levels - 1) for c in node.children))
+
+    def tokens(levels: int) -> int:
+        return sum(g(c, 0, levels) for c in nodes[0].children)
+
+    levels = min(range(MAX_ROUNDS), key=lambda L: tokens(L) + round_cost * (L + 1))
+    if tree_tokens(nodes) + round_cost * all_rounds <= tokens(levels) + round_cost * (levels + 1):
+        return internal
+    kept: set[int] = set()
+    todo = [(c, 0, levels) for c in nodes[0].children]
+    while todo:  # the choices that reach g's minimum, top down
+        n, start, left = todo.pop()
+        node = nodes[n]
+        skip = (node.depth - start if node.ends else 0) + sum(g(c, start, left) for c in node.children)
+        if left and n in internal and g(n, start, left) < skip:
+            kept.add(n)
+            todo.extend((c, node.depth, left - 1) for c in node.children)
+        else:
+            todo.extend((c, start, left) for c in node.children)
+    return kept
+
+
+def planned_tokens(nodes: list[Node], kept: set[int]) -> int:
+    """Tokens a walk runs with snapshots at `kept` (none dropped): each planned node's and each prompt end's edge
+    from its nearest planned ancestor."""
+    total = 0
+    for n in range(1, len(nodes)):
+        if n in kept or nodes[n].ends:
+            a = nodes[n].parent
+            while a and a not in kept:
+                a = nodes[a].parent
+            total += nodes[n].depth - nodes[a].depth
+    return total
 
 
 def default_budget(device: torch.device) -> int:
@@ -116,11 +193,27 @@ class PrefixWalk:
     as if it had been prefilled alone. `tokens_run` counts the tokens that went through the model."""
 
     def __init__(self, model, prompts: Sequence[Sequence[int]], pad_id: int, chunk_tokens: int, batch_rows: int,
-                 budget_bytes: int, check: Callable[[torch.Tensor], None] | None = None) -> None:
+                 budget_bytes: int, check: Callable[[torch.Tensor], None] | None = None,
+                 round_cost: int | None = None) -> None:
+        """`round_cost`: tokens one more packed forward is worth (`plan_snapshots`); None: the model's device's
+        (`ROUND_COST_TOKENS`); 0: snapshot every branch."""
         self.model, self.prompts, self.pad_id = model, prompts, pad_id
         self.chunk_tokens, self.batch_rows, self.budget = chunk_tokens, max(1, batch_rows), budget_bytes
         self.check = check
         self.nodes = build_tree(prompts)
+        if round_cost is None:
+            round_cost = ROUND_COST_TOKENS.get(torch.device(model.device).type, ROUND_COST_TOKENS["cuda"])
+        self.kept = plan_snapshots(self.nodes, round_cost)
+        # the planned tree: each node that runs (a planned snapshot or a prompt's end) under its nearest planned
+        # ancestor; the others are never run on their own
+        self.below: dict[int, list[int]] = {n: [] for n in [0, *self.kept]}
+        for n in range(1, len(self.nodes)):
+            if n in self.kept or self.nodes[n].ends:
+                a = self.nodes[n].parent
+                while a and a not in self.kept:
+                    a = self.nodes[a].parent
+                self.below[a].append(n)
+        self.planned_tokens = planned_tokens(self.nodes, self.kept)
         self.order = _preorder(self.nodes)
         self.tokens_run = 0
         self.snapshots: dict[int, object] = {}  # node -> 1-row cache after its prefix, oldest first
@@ -171,33 +264,40 @@ class PrefixWalk:
                 frontier.remove(n)
             yield batch
 
+    def _up(self, n: int) -> int:
+        """`n`'s nearest planned ancestor (0: the start)."""
+        a = self.nodes[n].parent
+        while a and a not in self.kept:
+            a = self.nodes[a].parent
+        return a
+
     def __iter__(self) -> Iterator[tuple[list[int], object, torch.Tensor]]:
-        frontier = list(self.nodes[0].children)
-        pending = {n: len(self.nodes[n].children) for n in range(len(self.nodes))}  # children not yet started
+        frontier = list(self.below[0])
+        pending = {n: len(ns) for n, ns in self.below.items()}  # planned children not yet started
         if self.row_bytes is None:  # what one snapshot costs, from a one-token prefill (windows grow; see _keep)
-            first = self.prompts[self.nodes[self.nodes[0].children[0]].rep][:1] if self.nodes[0].children else []
+            first = self.prompts[self.nodes[frontier[0]].rep][:1] if frontier else []
             self.row_bytes = prefill(self.model, [first], self.pad_id, 1)[0].nbytes() if first else 1
         for batch in self._batches(frontier):
             if self.row_bytes > self.budget:  # no snapshot fits: inner nodes are not worth running on their own
                 inner = [n for n in batch if not self.nodes[n].ends]
                 for n in inner:
                     batch.remove(n)
-                    frontier.extend(self.nodes[n].children)
-                    pending[self.nodes[n].parent] -= 1
+                    frontier.extend(self.below[n])
+                    pending[self._up(n)] -= 1
                 if not batch:
                     continue
             cache, last = self._run(batch)
             for n in batch:  # a parent's snapshot is no longer needed once all its children have started from it
-                parent = self.nodes[n].parent
+                parent = self._up(n)
                 pending[parent] -= 1
                 if parent and pending[parent] == 0:
                     self._release(parent)
             done, rows = [], []
             for r, n in enumerate(batch):
                 node = self.nodes[n]
-                if node.children:
+                if n in self.kept:
                     self._keep(n, cache.rows(torch.tensor([r], device=last.device)))
-                    frontier.extend(node.children)
+                    frontier.extend(self.below[n])
                 for i in node.ends:  # identical prompts share the row
                     done.append(i)
                     rows.append(r)

@@ -56,15 +56,18 @@ def _prompts(vocab: int, seed: int) -> list[list[int]]:
 
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("kind", ["recurrent", "hybrid"])
-@pytest.mark.parametrize("budget_rows", [None, 1, 0])
-def test_walk_gives_each_prompt_what_it_gets_alone(kind, impl, budget_rows):
+@pytest.mark.parametrize(("budget_rows", "round_cost"), [(None, 0), (1, 0), (0, 0), (None, 64), (1, 64),
+                                                         (None, 10**9)])
+def test_walk_gives_each_prompt_what_it_gets_alone(kind, impl, budget_rows, round_cost):
     """Final logits equal a prefill of the prompt alone (to float32 rounding), and greedy continuations from the
-    walk's cache rows equal greedy generation alone; with room for one snapshot (dropping) or none (recompute)."""
+    walk's cache rows equal greedy generation alone; with room for one snapshot (dropping) or none (recompute); with
+    a snapshot at every branch (round cost 0), a plan that weighs rounds against tokens, and no snapshot at all."""
     model = tiny_model(kind, seed=7, impl=impl, local_window=16).float()
     prompts = _prompts(model.config.vocab_size, seed=1)
     row = prefill(model, [prompts[0][:1]], 0, 10**6)[0].nbytes()  # the smallest snapshot (windows grow)
     budget = 10**12 if budget_rows is None else max(1, budget_rows * row)
-    walk = PrefixWalk(model, prompts, pad_id=0, chunk_tokens=37, batch_rows=3, budget_bytes=budget)
+    walk = PrefixWalk(model, prompts, pad_id=0, chunk_tokens=37, batch_rows=3, budget_bytes=budget,
+                      round_cost=round_cost)
     seen = {}
     for done, cache, last in walk:
         outs = generate_from(model, cache, last, 6, cuda_graph=False)
@@ -76,13 +79,18 @@ def test_walk_gives_each_prompt_what_it_gets_alone(kind, impl, budget_rows):
         torch.testing.assert_close(seen[i][0], alone[0], rtol=1e-4, atol=1e-4)
         assert seen[i][1] == greedy_generate(model, [p], 6, cuda_graph=False)[0]
     total = sum(map(len, prompts))
+    distinct = sum(len(p) for p in {tuple(p) for p in prompts})
+    assert tree_tokens(walk.nodes) <= walk.planned_tokens <= distinct
+    if round_cost == 0:
+        assert walk.planned_tokens == tree_tokens(walk.nodes) < 0.6 * total
+    if round_cost == 10**9:
+        assert not walk.kept and walk.planned_tokens == distinct
     if budget_rows is None:
-        assert walk.tokens_run == tree_tokens(walk.nodes) < 0.6 * total
+        assert walk.tokens_run == walk.planned_tokens
     elif budget_rows == 0:
-        distinct = sum(len(p) for p in {tuple(p) for p in prompts})
         assert walk.tokens_run == distinct  # no snapshot fits: each prompt from its start (identical ones once)
-    else:
-        assert walk.dropped > 0 and tree_tokens(walk.nodes) < walk.tokens_run  # restarts further up
+    elif walk.kept:
+        assert walk.dropped > 0 and walk.planned_tokens < walk.tokens_run  # restarts further up
 
 
 def test_auto_sharing_runs_the_tree_where_it_pays():
@@ -96,3 +104,38 @@ def test_auto_sharing_runs_the_tree_where_it_pays():
     assert not tree_pays(n * short, n * short // 2, n, "cuda")
     assert tree_pays(n * long, n * long // 2, n, "cuda")
     assert not tree_pays(n * long, n * long - 10, n, "cuda")
+
+
+def test_a_spine_of_branches_runs_in_few_rounds_when_rounds_cost():
+    """RULER's tree: one long spine (the haystack) with a prompt branching off every few tokens (a needle at each
+    depth). A snapshot at every branch runs one round per branch; a plan that prices rounds runs a few, runs more
+    tokens than every branch would and far fewer than no sharing, and stays exact."""
+    from gdn2_eval.prefix_tree import plan_snapshots, planned_tokens
+
+    model = tiny_model("recurrent", seed=3).float()
+    g = torch.Generator().manual_seed(0)
+    spine = torch.randint(3, model.config.vocab_size, (400,), generator=g).tolist()
+    prompts = [spine[:d] + torch.randint(3, model.config.vocab_size, (20,), generator=g).tolist()
+               for d in range(40, 400, 12)]  # 30 prompts, a branch every 12 tokens
+    nodes = build_tree(prompts)
+    every, none = tree_tokens(nodes), sum(map(len, prompts))
+    for round_cost, most_rounds in ((0, 31), (600, 6)):
+        kept = plan_snapshots(nodes, round_cost)
+        walk = PrefixWalk(model, prompts, pad_id=0, chunk_tokens=10**6, batch_rows=64, budget_bytes=10**12,
+                          round_cost=round_cost)
+        assert walk.kept == kept and walk.planned_tokens == planned_tokens(nodes, kept)
+        forwards = []
+        forward = model.forward
+        model.forward = lambda *a, forwards=forwards, forward=forward, **k: forwards.append(1) or forward(*a, **k)
+        try:
+            got = {i: last[r] for done, _, last in walk for r, i in enumerate(done)}
+        finally:
+            model.forward = forward
+        assert 1 < len(forwards) <= most_rounds, (round_cost, len(forwards))
+        assert walk.tokens_run == walk.planned_tokens
+        if round_cost:
+            assert every < walk.tokens_run < 0.5 * none
+            # the plan's cost is the least of its candidates, every-branch included
+            assert walk.tokens_run + round_cost * len(forwards) < every + round_cost * 30
+        for i, p in enumerate(prompts):
+            torch.testing.assert_close(got[i], prefill(model, [p], 0, 10**6)[1][0], rtol=1e-4, atol=1e-4)
