@@ -256,9 +256,7 @@ class AdaptedLM(nn.Module):
         try:
             last = self(ids[:, 4:], past_key_values=cache, logits_to_keep=1).logits[0, -1].float()
         except ADAPT_ERRORS as e:
-            first_line = (str(e).splitlines() or [type(e).__name__])[0]
-            raise NotAdaptable(f"{name} does not run chunked with its cache ({first_line[:160]})",
-                               recurrent=self._recurrent) from None
+            raise not_chunked(name, e, recurrent=self._recurrent) from None
         err = float((last - whole).norm() / whole.norm().clamp(min=1e-12))
         # float32 agrees to rounding; in bf16 two summation orders of a deep model differ by a few percent, so
         # there the check only catches a state that was plainly dropped
@@ -308,6 +306,12 @@ class NotAdaptable(Exception):
 ADAPT_ERRORS = (TypeError, ValueError, AttributeError, NotImplementedError, StopIteration, RuntimeError)
 
 
+def not_chunked(name: str, error: Exception, recurrent: bool | None = None) -> NotAdaptable:
+    """The reason recorded when a model's forward fails on the backend's chunks: the error's first line."""
+    first = (str(error).splitlines() or [type(error).__name__])[0]
+    return NotAdaptable(f"{name} does not run chunked with its cache ({first[:160]})", recurrent=recurrent)
+
+
 def adapt(model: nn.Module) -> AdaptedLM:
     """`model` behind the backend's interface; `NotAdaptable` when it is not a causal LM whose cache carries its
     state across chunks."""
@@ -316,8 +320,7 @@ def adapt(model: nn.Module) -> AdaptedLM:
     except NotAdaptable:
         raise
     except ADAPT_ERRORS as e:
-        first = (str(e).splitlines() or [type(e).__name__])[0]
-        raise NotAdaptable(f"{type(model).__name__} does not run chunked with its cache ({first[:160]})") from None
+        raise not_chunked(type(model).__name__, e) from None
 
 
 # ---- walking a model's cache -----------------------------------------------------------------------------------

@@ -107,13 +107,18 @@ def _preorder_nodes(nodes: list[Node]) -> list[int]:
 
 def _preorder(nodes: list[Node]) -> list[int]:
     """Each node's rank in a depth-first walk (children are in prompt order, as `build_tree` appends them)."""
-    rank, stack = [0] * len(nodes), [0]
-    k = 0
-    while stack:
-        n = stack.pop()
-        rank[n], k = k, k + 1
-        stack.extend(reversed(nodes[n].children))
+    rank = [0] * len(nodes)
+    for k, n in enumerate(_preorder_nodes(nodes)):
+        rank[n] = k
     return rank
+
+
+def planned_parent(nodes: list[Node], kept: set[int], n: int) -> int:
+    """`n`'s nearest ancestor in `kept` (0: the start): where a walk with snapshots at `kept` runs `n` from."""
+    a = nodes[n].parent
+    while a and a not in kept:
+        a = nodes[a].parent
+    return a
 
 
 def tree_tokens(nodes: list[Node]) -> int:
@@ -167,14 +172,8 @@ def plan_snapshots(nodes: list[Node], round_cost: int) -> set[int]:
 def planned_tokens(nodes: list[Node], kept: set[int]) -> int:
     """Tokens a walk runs with snapshots at `kept` (none dropped): each planned node's and each prompt end's edge
     from its nearest planned ancestor."""
-    total = 0
-    for n in range(1, len(nodes)):
-        if n in kept or nodes[n].ends:
-            a = nodes[n].parent
-            while a and a not in kept:
-                a = nodes[a].parent
-            total += nodes[n].depth - nodes[a].depth
-    return total
+    return sum(nodes[n].depth - nodes[planned_parent(nodes, kept, n)].depth
+               for n in range(1, len(nodes)) if n in kept or nodes[n].ends)
 
 
 def default_budget(device: torch.device) -> int:
@@ -209,10 +208,7 @@ class PrefixWalk:
         self.below: dict[int, list[int]] = {n: [] for n in [0, *self.kept]}
         for n in range(1, len(self.nodes)):
             if n in self.kept or self.nodes[n].ends:
-                a = self.nodes[n].parent
-                while a and a not in self.kept:
-                    a = self.nodes[a].parent
-                self.below[a].append(n)
+                self.below[planned_parent(self.nodes, self.kept, n)].append(n)
         self.planned_tokens = planned_tokens(self.nodes, self.kept)
         self.order = _preorder(self.nodes)
         self.tokens_run = 0
@@ -264,13 +260,6 @@ class PrefixWalk:
                 frontier.remove(n)
             yield batch
 
-    def _up(self, n: int) -> int:
-        """`n`'s nearest planned ancestor (0: the start)."""
-        a = self.nodes[n].parent
-        while a and a not in self.kept:
-            a = self.nodes[a].parent
-        return a
-
     def __iter__(self) -> Iterator[tuple[list[int], object, torch.Tensor]]:
         frontier = list(self.below[0])
         pending = {n: len(ns) for n, ns in self.below.items()}  # planned children not yet started
@@ -283,12 +272,12 @@ class PrefixWalk:
                 for n in inner:
                     batch.remove(n)
                     frontier.extend(self.below[n])
-                    pending[self._up(n)] -= 1
+                    pending[planned_parent(self.nodes, self.kept, n)] -= 1
                 if not batch:
                     continue
             cache, last = self._run(batch)
             for n in batch:  # a parent's snapshot is no longer needed once all its children have started from it
-                parent = self._up(n)
+                parent = planned_parent(self.nodes, self.kept, n)
                 pending[parent] -= 1
                 if parent and pending[parent] == 0:
                     self._release(parent)
