@@ -264,3 +264,26 @@ def summary(path) -> list[dict]:
 
     with open(path) as f:
         return list(csv.DictReader(f))
+
+
+def token_requests(n: int = 6, seed: int = 0, context: tuple[int, int] = (20, 90), vocab: int = 600) -> list:
+    """(None, context, continuation) token requests of varied lengths, two continuations per context."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        ctx = torch.randint(3, vocab, (int(torch.randint(*context, (1,), generator=g)),), generator=g).tolist()
+        for _ in range(2):
+            out.append((None, ctx, torch.randint(3, vocab, (int(torch.randint(1, 9, (1,), generator=g)),),
+                                                   generator=g).tolist()))
+    return out
+
+
+def whole_pass(model, requests) -> list[float]:
+    """Each request's log-likelihood from one forward of the model over context + continuation, alone."""
+    device = next(model.parameters()).device
+    out = []
+    with torch.no_grad():
+        for _, ctx, cont in requests:
+            lp = torch.log_softmax(model(torch.tensor([ctx + cont], device=device)).logits[0].double(), -1)
+            out.append(sum(float(lp[len(ctx) - 1 + j, t]) for j, t in enumerate(cont)))
+    return out

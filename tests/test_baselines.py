@@ -11,7 +11,7 @@ import torch
 
 from gdn2_eval.errors import UserError
 
-from conftest import bpe_tokenizer, cli, summary, write_user_tasks
+from conftest import bpe_tokenizer, cli, summary, token_requests, whole_pass, write_user_tasks
 
 transformers = pytest.importorskip("transformers")
 VOCAB = 640  # the BPE's 600 entries fit
@@ -100,33 +100,10 @@ def _lm(name: str, tokenizer, **kw):
                   **opts)
 
 
-def _requests(tokenizer, n: int = 6, seed: int = 0):
-    """(None, context, continuation) token requests of varied lengths, two continuations per context."""
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(n):
-        ctx = torch.randint(3, 600, (int(torch.randint(20, 90, (1,), generator=g)),), generator=g).tolist()
-        for _ in range(2):
-            out.append((None, ctx, torch.randint(3, 600, (int(torch.randint(1, 9, (1,), generator=g)),),
-                                                   generator=g).tolist()))
-    return out
-
-
-def _whole_pass(model, requests) -> list[float]:
-    """Each request's log-likelihood from one forward of the model over context + continuation, alone."""
-    out = []
-    with torch.no_grad():
-        for _, ctx, cont in requests:
-            ids = torch.tensor([ctx + cont])
-            lp = torch.log_softmax(model(ids).logits[0].double(), -1)
-            out.append(sum(float(lp[len(ctx) - 1 + j, t]) for j, t in enumerate(cont)))
-    return out
-
-
 @pytest.mark.parametrize("name", sorted(BUILD))
 def test_chunked_batched_scoring_equals_one_whole_pass_per_request(name, tokenizer):
-    requests = _requests(tokenizer)
-    whole = _whole_pass(_build(name), requests)
+    requests = token_requests()
+    whole = whole_pass(_build(name), requests)
     # small chunks: every context crosses several chunk borders with the state carried
     # one row per request, and each context run once for both its continuations (state copied per row)
     for kw in ({"batch_size": 4, "chunk_tokens": 64, "prefill_tokens": 64},
@@ -240,7 +217,7 @@ def test_the_prefix_tree_is_exact_for_a_baseline_with_a_fixed_size_state(tokeniz
     trunk, mids = rand(40), [rand(7), rand(19)]
     contexts = [trunk + m + rand(k) for m in mids for k in (3, 11, 26)] + [trunk]
     requests = [(None, c, rand(int(torch.randint(1, 6, (1,), generator=g)))) for c in contexts]
-    whole = _whole_pass(_build("mamba2"), requests)
+    whole = whole_pass(_build("mamba2"), requests)
     for budget in (None, 30_000):
         lm = _lm("mamba2", tokenizer, share_prefix="on", share_budget=budget, prefill_tokens=32, chunk_tokens=32,
                  batch_size=3)
@@ -281,9 +258,9 @@ def test_a_model_whose_cache_drops_the_state_between_chunks_takes_the_stock_path
     assert record["layers"] == "recurrent" and lm.position_limit is None
     g = torch.Generator().manual_seed(5)
     long = (None, torch.randint(3, 600, (2500,), generator=g).tolist(), [7, 8, 9])  # past lm-eval's 2048 default
-    requests = _requests(tokenizer, n=2) + [long]
+    requests = token_requests(n=2) + [long]
     got = [lp for lp, _ in lm._loglikelihood_tokens(requests, disable_tqdm=True)]
-    torch.testing.assert_close(torch.tensor(got), torch.tensor(_whole_pass(mamba, requests)), rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(torch.tensor(got), torch.tensor(whole_pass(mamba, requests)), rtol=1e-4, atol=1e-3)
 
 
 def test_a_fixed_state_baseline_decodes_through_fixed_buffers_as_eagerly(tokenizer):
@@ -324,7 +301,7 @@ def test_library_hints_about_the_harness_own_choices_are_not_shown(tokenizer, ca
 
     with caplog.at_level(logging.WARNING):
         lm = _lm("qwen3_next", tokenizer)
-        lm._loglikelihood_tokens(_requests(tokenizer, n=1), disable_tqdm=True)
+        lm._loglikelihood_tokens(token_requests(n=1), disable_tqdm=True)
         logging.getLogger("transformers.integrations.hub_kernels").warning(
             "`chunk_gated_delta_rule` is falling back to its reference PyTorch implementation because ...")
     shown = " ".join(r.getMessage() for r in caplog.records)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import bpe_tokenizer
+from conftest import bpe_tokenizer, token_requests, whole_pass
 
 pytestmark = pytest.mark.gpu
 fla_models = pytest.importorskip("fla.models")
@@ -44,34 +44,14 @@ def _lm(model, tokenizer, **kw):
     return GDN2LM(pretrained=model, tokenizer=tokenizer, **{"batch_size": 4, "device": "cuda", **kw})
 
 
-def _requests(n: int = 5, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(n):
-        ctx = torch.randint(3, 600, (int(torch.randint(40, 300, (1,), generator=g)),), generator=g).tolist()
-        for _ in range(2):
-            out.append((None, ctx, torch.randint(3, 600, (int(torch.randint(1, 9, (1,), generator=g)),),
-                                                   generator=g).tolist()))
-    return out
-
-
-def _whole_pass(model, requests) -> list[float]:
-    out = []
-    with torch.no_grad():
-        for _, ctx, cont in requests:
-            lp = torch.log_softmax(model(torch.tensor([ctx + cont], device="cuda")).logits[0].double(), -1)
-            out.append(sum(float(lp[len(ctx) - 1 + j, t]) for j, t in enumerate(cont)))
-    return out
-
-
 ADAPTED = ("gated_deltanet", "kda")
 
 
 @pytest.mark.parametrize("name", ADAPTED)
 def test_fla_baselines_take_the_recurrent_aware_path_and_score_as_one_whole_pass(name, tokenizer):
     model = _build(name)
-    requests = _requests()
-    whole = _whole_pass(model, requests)
+    requests = token_requests(n=5, context=(40, 300))
+    whole = whole_pass(model, requests)
     for kw in ({"chunk_tokens": 128, "prefill_tokens": 128}, {"batch_size": 1, "chunk_tokens": 64},
                {"chunk_tokens": 128, "prefill_tokens": 96, "share_prefix": "on"}):
         lm = _lm(model, tokenizer, **kw)
@@ -113,7 +93,7 @@ def test_the_prefix_tree_is_exact_for_fla_baselines(name, tokenizer):
     contexts = [trunk + m + rand(k) for m in mids for k in (3, 61, 126)] + [trunk]
     requests = [(None, c, rand(int(torch.randint(1, 6, (1,), generator=g)))) for c in contexts]
     model = _build(name, seed=2)
-    whole = _whole_pass(model, requests)
+    whole = whole_pass(model, requests)
     for budget in (None, 1):
         lm = _lm(model, tokenizer, share_prefix="on", share_budget=budget, prefill_tokens=128, chunk_tokens=128,
                  batch_size=3)
@@ -132,6 +112,7 @@ def test_fla_mamba2_runs_on_the_stock_path_and_says_why(tokenizer):
     assert "single new token per step" in record["why"], record
     assert record["layers"] == "recurrent" and lm.position_limit is None  # a recurrent state: no length limit
     g = torch.Generator().manual_seed(5)
-    requests = _requests(n=3) + [(None, torch.randint(3, 600, (2500,), generator=g).tolist(), [7, 8, 9])]
+    long = (None, torch.randint(3, 600, (2500,), generator=g).tolist(), [7, 8, 9])
+    requests = token_requests(n=3, context=(40, 300)) + [long]
     got = [lp for lp, _ in lm._loglikelihood_tokens(requests, disable_tqdm=True)]
-    torch.testing.assert_close(torch.tensor(got), torch.tensor(_whole_pass(model, requests)), rtol=2e-4, atol=2e-3)
+    torch.testing.assert_close(torch.tensor(got), torch.tensor(whole_pass(model, requests)), rtol=2e-4, atol=2e-3)
