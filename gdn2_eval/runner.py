@@ -120,6 +120,20 @@ def check_ruler_inputs(units: list[Unit], tokenizer) -> None:
             generate_samples(unit.task, unit.context_length, 1, tokenizer, seed=meta["seed"], haystack=meta["haystack"])
 
 
+def _quiet_lm_eval_bars() -> None:
+    """lm-eval draws two bars per task before any request runs (building the requests, checking the request
+    cache), each over in a moment; the run shows its own line per task and the backend's bar over the requests."""
+    import functools
+
+    import lm_eval.api.model
+    import lm_eval.api.task
+    from tqdm import tqdm
+
+    for module in (lm_eval.api.task, lm_eval.api.model):
+        if getattr(module, "tqdm", None) is tqdm:
+            module.tqdm = functools.partial(tqdm, disable=True)
+
+
 def builtin_tasks_dir() -> Path:
     from . import tasks
 
@@ -228,6 +242,7 @@ def run(spec: RunSpec, progress=None) -> Path:
     # records its own provenance (`versions()`) once, in results.json
     if hasattr(lm_eval.evaluator, "add_env_info"):
         lm_eval.evaluator.add_env_info = _env_info
+    _quiet_lm_eval_bars()
 
     manager = task_manager(spec.tasks_dir, tasks=spec.tasks)
     check_tasks(spec.tasks, manager)

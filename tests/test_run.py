@@ -27,6 +27,8 @@ def test_run_on_tasks_from_a_user_directory_writes_the_store(tiny_model_dir, use
     res = cli("run", "--model", tiny_model_dir, "--tasks", "tiny_mc,tiny_ppl", "--tasks-dir", user_tasks,
               "--device", "cpu", "--out", out, "--name", "tiny")
     assert res.exit_code == 0, res.output
+    # the run's own line per task; not lm-eval's momentary bars for building and cache-checking requests
+    assert "Checking cached requests" not in res.stderr + res.output
     rows = summary(out / "summary.csv")
     assert list(rows[0]) == ["model", "family", "suite", "task", "metric", "context_length", "value", "n_samples"]
     got = {(r["task"], r["metric"]) for r in rows}
