@@ -205,10 +205,11 @@ class PrefixWalk:
         self.kept = plan_snapshots(self.nodes, round_cost)
         # the planned tree: each node that runs (a planned snapshot or a prompt's end) under its nearest planned
         # ancestor; the others are never run on their own
+        self.up = {n: planned_parent(self.nodes, self.kept, n) for n in range(1, len(self.nodes))
+                   if n in self.kept or self.nodes[n].ends}
         self.below: dict[int, list[int]] = {n: [] for n in [0, *self.kept]}
-        for n in range(1, len(self.nodes)):
-            if n in self.kept or self.nodes[n].ends:
-                self.below[planned_parent(self.nodes, self.kept, n)].append(n)
+        for n, a in self.up.items():
+            self.below[a].append(n)
         self.planned_tokens = planned_tokens(self.nodes, self.kept)
         self.order = _preorder(self.nodes)
         self.tokens_run = 0
@@ -272,12 +273,12 @@ class PrefixWalk:
                 for n in inner:
                     batch.remove(n)
                     frontier.extend(self.below[n])
-                    pending[planned_parent(self.nodes, self.kept, n)] -= 1
+                    pending[self.up[n]] -= 1
                 if not batch:
                     continue
             cache, last = self._run(batch)
             for n in batch:  # a parent's snapshot is no longer needed once all its children have started from it
-                parent = planned_parent(self.nodes, self.kept, n)
+                parent = self.up[n]
                 pending[parent] -= 1
                 if parent and pending[parent] == 0:
                     self._release(parent)

@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from . import quiet
 from .data import MissingDataset, local_datasets
 from .distributed import is_main_process
 from .errors import UserError
@@ -120,20 +121,6 @@ def check_ruler_inputs(units: list[Unit], tokenizer) -> None:
             generate_samples(unit.task, unit.context_length, 1, tokenizer, seed=meta["seed"], haystack=meta["haystack"])
 
 
-def _quiet_lm_eval_bars() -> None:
-    """lm-eval draws two bars per task before any request runs (building the requests, checking the request
-    cache), each over in a moment; the run shows its own line per task and the backend's bar over the requests."""
-    import functools
-
-    import lm_eval.api.model
-    import lm_eval.api.task
-    from tqdm import tqdm
-
-    for module in (lm_eval.api.task, lm_eval.api.model):
-        if getattr(module, "tqdm", None) is tqdm:
-            module.tqdm = functools.partial(tqdm, disable=True)
-
-
 def builtin_tasks_dir() -> Path:
     from . import tasks
 
@@ -153,17 +140,6 @@ class _BuiltinShadowing(logging.Filter):
 _SHADOWING_FILTER = _BuiltinShadowing()
 
 
-class _MetadataHint(logging.Filter):
-    """Drops lm-eval's two-line hint that custom kwargs can be passed to `--metadata`, which it logs for every task
-    built by a `custom_dataset` function (each RULER cell): `gdn2-eval run` passes those kwargs itself."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "can be passed to `--metadata`" not in str(record.msg)
-
-
-_METADATA_FILTER = _MetadataHint()
-
-
 def task_manager(tasks_dir: Path | None, metadata: dict[str, Any] | None = None, tasks: list[str] | None = None):
     """lm-eval's task manager over its tasks, the project's (`tasks/`) and `tasks_dir`. With `tasks`, its index
     holds only what those tasks need (`gdn2_eval.task_index`: seconds less per run); None: the full index."""
@@ -171,9 +147,8 @@ def task_manager(tasks_dir: Path | None, metadata: dict[str, Any] | None = None,
 
     from .task_index import restricted_manager
 
-    for name, quiet in (("lm_eval.tasks._index", _SHADOWING_FILTER), ("lm_eval.api.task", _METADATA_FILTER)):
-        if quiet not in logging.getLogger(name).filters:
-            logging.getLogger(name).addFilter(quiet)
+    if _SHADOWING_FILTER not in logging.getLogger("lm_eval.tasks._index").filters:
+        logging.getLogger("lm_eval.tasks._index").addFilter(_SHADOWING_FILTER)
     include = [str(builtin_tasks_dir())]
     if tasks_dir is not None:
         if not Path(tasks_dir).is_dir():
@@ -242,7 +217,7 @@ def run(spec: RunSpec, progress=None) -> Path:
     # records its own provenance (`versions()`) once, in results.json
     if hasattr(lm_eval.evaluator, "add_env_info"):
         lm_eval.evaluator.add_env_info = _env_info
-    _quiet_lm_eval_bars()
+    quiet.lm_eval_bars()
 
     manager = task_manager(spec.tasks_dir, tasks=spec.tasks)
     check_tasks(spec.tasks, manager)

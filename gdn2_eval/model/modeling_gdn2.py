@@ -6,7 +6,6 @@ would get alone, with left or right padding; pad slots get zero logits.
 
 from __future__ import annotations
 
-import logging
 import math
 
 import torch
@@ -23,18 +22,6 @@ from .gdn2_layer import GDN2Mixer
 from .layout import TokenLayout
 from .modules import RMSNorm, SwiGLU
 from .swa import SlidingWindowAttention
-
-
-class _OldCacheName(logging.Filter):
-    """Newer transformers renamed `past_key_values` to `cache` (outputs and forward keywords) and warns on the old
-    name; the model keeps the name that every supported version accepts (5.17 has no `cache`), so the hint is not the
-    user's to act on and is dropped."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "are deprecated. Use `cache` instead" not in str(record.msg)
-
-
-logging.getLogger("transformers.utils.generic").addFilter(_OldCacheName())
 
 
 class GDN2Block(nn.Module):
