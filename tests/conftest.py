@@ -278,6 +278,19 @@ def token_requests(n: int = 6, seed: int = 0, context: tuple[int, int] = (20, 90
     return out
 
 
+def branching_requests(trunk: int, mids: tuple[int, ...], tails: tuple[int, ...], seed: int = 3) -> list:
+    """Requests whose contexts share a trunk, then one of `mids`, then tails of the given lengths (and the trunk
+    alone): a prefix tree with branches at two depths."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(n):
+        return torch.randint(3, 600, (n,), generator=g).tolist()
+
+    shared, middles = rand(trunk), [rand(m) for m in mids]
+    contexts = [shared + m + rand(k) for m in middles for k in tails] + [shared]
+    return [(None, c, rand(int(torch.randint(1, 6, (1,), generator=g)))) for c in contexts]
+
+
 def whole_pass(model, requests) -> list[float]:
     """Each request's log-likelihood from one forward of the model over context + continuation, alone."""
     device = next(model.parameters()).device

@@ -11,7 +11,7 @@ import torch
 
 from gdn2_eval.errors import UserError
 
-from conftest import bpe_tokenizer, cli, summary, token_requests, whole_pass, write_user_tasks
+from conftest import bpe_tokenizer, branching_requests, cli, summary, token_requests, whole_pass, write_user_tasks
 
 transformers = pytest.importorskip("transformers")
 VOCAB = 640  # the BPE's 600 entries fit
@@ -209,14 +209,7 @@ def test_the_prefix_tree_is_exact_for_a_baseline_with_a_fixed_size_state(tokeniz
     """Mamba-2's state has a fixed size, so the prefix tree applies: shared prefixes run once, edges continue from
     snapshots (their left padding run in segments, never through a state), and every score is the whole pass's;
     with a budget of about one snapshot (evictions) again. A hybrid's growing keys keep it off."""
-    g = torch.Generator().manual_seed(3)
-
-    def rand(n):
-        return torch.randint(3, 600, (n,), generator=g).tolist()
-
-    trunk, mids = rand(40), [rand(7), rand(19)]
-    contexts = [trunk + m + rand(k) for m in mids for k in (3, 11, 26)] + [trunk]
-    requests = [(None, c, rand(int(torch.randint(1, 6, (1,), generator=g)))) for c in contexts]
+    requests = branching_requests(40, (7, 19), (3, 11, 26))
     whole = whole_pass(_build("mamba2"), requests)
     for budget in (None, 30_000):
         lm = _lm("mamba2", tokenizer, share_prefix="on", share_budget=budget, prefill_tokens=32, chunk_tokens=32,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import bpe_tokenizer, token_requests, whole_pass
+from conftest import bpe_tokenizer, branching_requests, token_requests, whole_pass
 
 pytestmark = pytest.mark.gpu
 fla_models = pytest.importorskip("fla.models")
@@ -84,14 +84,7 @@ def test_fla_baselines_generate_each_row_as_alone_and_as_fla_does(name, tokenize
 
 @pytest.mark.parametrize("name", ADAPTED)
 def test_the_prefix_tree_is_exact_for_fla_baselines(name, tokenizer):
-    g = torch.Generator().manual_seed(3)
-
-    def rand(n):
-        return torch.randint(3, 600, (n,), generator=g).tolist()
-
-    trunk, mids = rand(200), [rand(37), rand(90)]
-    contexts = [trunk + m + rand(k) for m in mids for k in (3, 61, 126)] + [trunk]
-    requests = [(None, c, rand(int(torch.randint(1, 6, (1,), generator=g)))) for c in contexts]
+    requests = branching_requests(200, (37, 90), (3, 61, 126))
     model = _build(name, seed=2)
     whole = whole_pass(model, requests)
     for budget in (None, 1):
