@@ -49,6 +49,13 @@ def make_accelerator():
                        kwargs_handlers=[InitProcessGroupKwargs(timeout=COLLECTIVE_TIMEOUT)])
 
 
+def close_process_group() -> None:
+    """Close a distributed launch's process group before the interpreter exits: a process that exits with gloo's
+    worker threads alive aborts ("terminate called without an active exception") and fails the whole launch."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def plan(costs: list[int], groups: list[int], world_size: int) -> list[int]:
     """Rank of each request: groups (requests with the same group id) whole, longest group first to the least
     loaded rank (ties to the lowest rank). Deterministic, so every rank computes the same plan."""

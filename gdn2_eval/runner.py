@@ -14,7 +14,7 @@ from typing import Any
 
 from . import quiet
 from .data import MissingDataset, local_datasets
-from .distributed import is_main_process
+from .distributed import close_process_group, is_main_process
 from .errors import UserError
 from .provenance import describe_model, file_hash, git_revision, versions
 from .results_store import (
@@ -203,6 +203,13 @@ def _check_out_dir(out: Path, model_path: str, force: bool, clear: bool = True) 
 
 def run(spec: RunSpec, progress=None) -> Path:
     """Evaluate `spec.model` on `spec.tasks`; returns the output directory."""
+    try:
+        return _evaluate(spec, progress)
+    finally:
+        close_process_group()
+
+
+def _evaluate(spec: RunSpec, progress) -> Path:
     import lm_eval
     import lm_eval.evaluator
 
