@@ -3,7 +3,8 @@
 Backends:
 * ``torch``  - plain PyTorch (chunkwise for prefill, token by token for decoding); any device.
 * ``fla``    - fla's ``chunk_gdn2`` / ``fused_recurrent_gdn2`` Triton kernels; CUDA only.
-* ``triton`` - this project's inference kernels (``gdn2_eval.kernels.gdn2.chunk`` / ``fused_recurrent``); CUDA only.
+* ``triton`` - this project's inference kernels (``gdn2_eval.kernels.gdn2.chunk`` / ``fused_recurrent``, and on the
+  inference path the fused decode step ``gdn2_eval.kernels.decode``); CUDA, or the CPU under Triton's interpreter.
 
 ``auto`` takes the best available for the device: on CUDA fla's kernels first, then ours, then PyTorch. Our
 kernels pass their correctness tests (CPU interpreter and GPU) but are not yet faster than fla at the benchmark
@@ -58,7 +59,8 @@ def _triton_kernels_ready() -> bool:
 def available_backends(device: torch.device | str) -> list[str]:
     """Backends that can run on `device`, best first."""
     if torch.device(device).type != "cuda":
-        return ["torch"]
+        # under Triton's interpreter (the CPU tests) the project's kernels run too, by name only
+        return ["torch", "triton"] if triton_runs_on(device) and _triton_kernels_ready() else ["torch"]
     ready = {"triton": _triton_kernels_ready(), "fla": _has_module("fla"), "torch": True}
     return [name for name in _cuda_preference() if ready[name]]
 

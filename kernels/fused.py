@@ -21,12 +21,16 @@ class FusedOps:
     add_rms_norm: Callable  # (x, y | None, weight, eps) -> (x + y, RMSNorm(x + y))
     gated_rms_norm: Callable  # (o [T, H, V], u [T, H*V], weight, eps, act) -> [T, H*V]
     swiglu: Callable  # ab [T, 2I] -> [T, I]
+    # the mixer's decode step between its projections, conv + gates + recurrence + gated norm (`decode/`):
+    # (P, f, u, conv_w, conv_state, state (both in place), A_log, dt_bias, norm_w, GateLayout, eps, act, scale, l2)
+    decode_step: Callable
     kind: str  # "triton" | "torch"
 
 
 @functools.cache
 def _references() -> FusedOps:
     from .conv.naive import short_conv_step_ref, short_conv_varlen_ref
+    from .decode.naive import decode_step_ref
     from .gates.naive import gdn2_gates_ref
     from .norm.naive import add_rms_norm_ref, gated_rms_norm_ref
     from .swiglu.naive import swiglu_ref
@@ -35,17 +39,19 @@ def _references() -> FusedOps:
         return short_conv_varlen_ref(x, weight, cu, state, state_rows, splits)
 
     return FusedOps(conv, short_conv_step_ref, gdn2_gates_ref, add_rms_norm_ref, gated_rms_norm_ref, swiglu_ref,
-                    "torch")
+                    decode_step_ref, "torch")
 
 
 @functools.cache
 def _triton() -> FusedOps:
     from .conv.short_conv import short_conv_step, short_conv_varlen
+    from .decode.fused_step import fused_decode_step
     from .gates.gdn2_gates import gdn2_gates
     from .norm.rms_norm import add_rms_norm, gated_rms_norm
     from .swiglu.swiglu import swiglu
 
-    return FusedOps(short_conv_varlen, short_conv_step, gdn2_gates, add_rms_norm, gated_rms_norm, swiglu, "triton")
+    return FusedOps(short_conv_varlen, short_conv_step, gdn2_gates, add_rms_norm, gated_rms_norm, swiglu,
+                    fused_decode_step, "triton")
 
 
 def fused_ops(device: torch.device | str) -> FusedOps:

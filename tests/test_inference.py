@@ -14,6 +14,8 @@ from gdn2_eval.generation import EagerDecoder, GraphDecoder, decode, greedy_gene
 from gdn2_eval.inference import GDN2InferenceForCausalLM
 from gdn2_eval.kernels.conv.naive import short_conv_step_ref, short_conv_varlen_ref
 from gdn2_eval.kernels.conv.short_conv import short_conv_step, short_conv_varlen
+from gdn2_eval.kernels.decode.fused_step import fused_decode_step
+from gdn2_eval.kernels.decode.naive import decode_step_ref
 from gdn2_eval.kernels.gates.gdn2_gates import gdn2_gates
 from gdn2_eval.kernels.gates.naive import GateLayout, gdn2_gates_ref
 from gdn2_eval.kernels.norm.naive import add_rms_norm_ref, gated_rms_norm_ref
@@ -142,6 +144,50 @@ def test_swiglu_kernel_matches_reference(dtype):
     torch.testing.assert_close(swiglu(ab), swiglu_ref(ab), **tol(dtype))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("act", ["silu", "sigmoid"])
+@pytest.mark.parametrize("kind, neg, ablation, H, HV", GATE_CASES)
+def test_decode_step_kernel_matches_reference_and_updates_both_states_in_place(kind, neg, ablation, H, HV, act,
+                                                                                 dtype):
+    g = torch.Generator().manual_seed(7)
+    B, K, V, KS = 3, 16, 16, 4
+    C = 2 * H * K + HV * V
+    off_b = C + 5
+    lay = GateLayout(kind, H, HV, K, V, off_b=off_b, off_w=off_b + H * K if kind == "gdn2" else 0,
+                     off_a=off_b + H if kind == "gdn" else 0, neg_eigval=neg, ablation=ablation)
+    P = (2 * torch.randn(B, off_b + H * K + HV * V + 3, generator=g)).to(dtype)
+    f = (2 * torch.randn(B, H * K + 5, generator=g)).to(dtype)[:, : H * K] if kind != "gdn" else None
+    u = torch.randn(B, HV * V, generator=g).to(dtype)
+    conv_w = (0.5 * torch.randn(C, KS, generator=g)).to(dtype)
+    conv_state = torch.randn(B, KS - 1, C, generator=g).to(dtype)
+    state = torch.randn(B, HV, K, V, generator=g)
+    A_log = (0.5 * torch.randn(H, generator=g)).to(dtype)
+    dt_bias = torch.randn(H if kind == "gdn" else H * K, generator=g).to(dtype)
+    norm_w = (1 + 0.1 * torch.randn(V, generator=g)).to(dtype)
+    ref_conv, ref_state = conv_state.clone(), state.clone()
+    addresses = conv_state.data_ptr(), state.data_ptr()
+    args = (A_log, dt_bias, norm_w, lay, 1e-5, act, K**-0.5, True)
+    y = fused_decode_step(P, f, u, conv_w, conv_state, state, *args)
+    want = decode_step_ref(P, f, u, conv_w, ref_conv, ref_state, *args)
+    assert y.dtype == dtype and y.shape == (B, HV * V)
+    torch.testing.assert_close(y, want, **tol(dtype))
+    assert (conv_state.data_ptr(), state.data_ptr()) == addresses
+    torch.testing.assert_close(conv_state, ref_conv, atol=0, rtol=0)  # a shift of inputs: exact
+    torch.testing.assert_close(state, ref_state, **(tol(torch.float32) if dtype == torch.float32 else tol(dtype)))
+    assert not torch.equal(state, state.new_zeros(()).expand_as(state))
+
+
+def test_decode_step_kernel_names_a_bad_state():
+    lay = GateLayout("gdn2", 2, 2, 16, 16, off_b=96, off_w=128, off_a=0)
+    P, u = torch.randn(2, 200), torch.randn(2, 32)
+    conv_w, conv = torch.randn(96, 4), torch.randn(2, 3, 96)
+    args = (torch.zeros(2), torch.zeros(32), torch.ones(16), lay, 1e-5, "silu", 0.25, True)
+    with pytest.raises(ValueError, match="state must be contiguous float32"):
+        fused_decode_step(P, torch.randn(2, 32), u, conv_w, conv, torch.randn(2, 2, 16, 16).double(), *args)
+    with pytest.raises(ValueError, match="conv state"):
+        fused_decode_step(P, torch.randn(2, 32), u, conv_w, conv[:, :2], torch.randn(2, 2, 16, 16), *args)
+
+
 # ---- the model ---------------------------------------------------------------------------------------------------
 MODEL_CASES = [
     ("recurrent", {}),
@@ -197,6 +243,45 @@ def test_inference_model_carries_the_reference_state_and_decodes_the_same_tokens
     assert all(s.abs().sum() > 0 for s in states)
     eager = EagerDecoder(fused, prefill(fused, prompts, 0, chunk_tokens=24)[0], last.argmax(-1))
     assert decode(eager, len(prompts), 12, (), 0, None, 4) == want
+
+
+STEP_CASES = [case for case in MODEL_CASES if case[0] == "recurrent"] + [("hybrid", {})]
+
+
+@pytest.mark.parametrize("kind, fields", STEP_CASES)
+def test_fused_decode_step_gives_the_reference_logits_and_states(kind, fields, monkeypatch):
+    """With the project's kernels (`kernel=triton`, interpreted here) a decode step is one fused kernel per mixer."""
+    from gdn2_eval.inference.model import FusedGDN2Mixer
+
+    calls = []
+    fused_step = FusedGDN2Mixer._fused_step
+    monkeypatch.setattr(FusedGDN2Mixer, "_fused_step", lambda self, *a: calls.append(1) or fused_step(self, *a))
+    ref = tiny_model(kind, seed=9, **fields)
+    fused = tiny_model(kind, seed=9, impl="inference", **{**fields, "kernel": "triton"})
+    g = torch.Generator().manual_seed(10)
+    prompts = [torch.randint(4, 250, (n,), generator=g).tolist() for n in (5, 19, 12)]
+    cache_r, last_r = prefill(ref, prompts, 0, chunk_tokens=32)
+    cache_f, last_f = prefill(fused, prompts, 0, chunk_tokens=32)
+    assert not calls  # prefill runs the chunked path
+    token = last_r.argmax(-1)
+    with torch.no_grad():
+        for _ in range(4):
+            want = ref(token[:, None], past_key_values=cache_r, use_cache=True).logits[:, -1]
+            got = fused(token[:, None], past_key_values=cache_f, use_cache=True).logits[:, -1]
+            torch.testing.assert_close(got, want, atol=3e-5, rtol=3e-5)
+            token = want.argmax(-1)
+    assert len(calls) == 4 * sum(b.layer_type == "gdn2" for b in fused.layers)
+    for lr, lf in zip(cache_r.layers, cache_f.layers):
+        if "recurrent" in lr:
+            torch.testing.assert_close(lf["recurrent"], lr["recurrent"], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(lf["conv"], torch.cat(lr["conv"], -1), atol=1e-6, rtol=1e-6)
+    if fields:  # the decode loops once per model kind (the interpreter is slow)
+        return
+    # the fixed-buffer step a CUDA graph captures, and the eager loop, decode the reference's tokens
+    want = greedy_generate(ref, prompts, 6, cuda_graph=False, chunk_tokens=32)
+    assert greedy_generate(fused, prompts, 6, cuda_graph=False, chunk_tokens=32) == want
+    cache, last = prefill(fused, prompts, 0, chunk_tokens=32)
+    assert decode(GraphDecoder(fused, cache, last.argmax(-1), capture=False), 3, 6, (), 0, None, 2) == want
 
 
 def test_inference_model_saves_the_reference_checkpoint_layout(tmp_path):

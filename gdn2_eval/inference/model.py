@@ -9,7 +9,8 @@ Built once from a loaded reference model (`from_reference`), as vLLM builds its 
 * the gate activations in one pass (`kernels/gates`); the output RMSNorm x gate, each residual add + the next
   RMSNorm, and SiLU x mul each one kernel (`kernels/norm`, `kernels/swiglu`);
 * the decode state written in place: a one-token step updates the conv and recurrent states where they lie, so a
-  CUDA graph replays it with no copies around it.
+  CUDA graph replays it with no copies around it; with the project's kernels (`kernel=triton`) the whole step
+  between the mixer's projections (conv, gates, recurrence, gated norm) is one kernel (`kernels/decode`).
 
 The checkpoint layout is untouched: `save_pretrained` writes the reference model's files (`to_reference`). Sliding-
 window attention blocks of hybrids run the reference module as they are.
@@ -118,6 +119,8 @@ class FusedGDN2Mixer(nn.Module):
         H, HV, K, V = self.H, self.HV, self.K, self.V
         P = F.linear(h, self.w_in)
         C = sum(self.splits)
+        if step and layout.backend == "triton":  # the project's kernels: the whole step between projections in one
+            return F.linear(self._fused_step(P, state, ops), self.o_proj)
         if step:
             q, k, v = ops.short_conv_step(P[:, :C], self.conv_w, state["conv"], self.splits)
         else:
@@ -149,6 +152,16 @@ class FusedGDN2Mixer(nn.Module):
         y = ops.gated_rms_norm(o.reshape(n, HV, V), u, self.o_norm_w, self.config.norm_eps,
                                self.config.output_gate_act)
         return F.linear(y, self.o_proj)
+
+    def _fused_step(self, P: torch.Tensor, state: dict[str, Any], ops: FusedOps) -> torch.Tensor:
+        """One token per cache row: conv, gates, recurrence and gated norm as one kernel (`kernels/decode`), both
+        states updated where they lie."""
+        c = self.config
+        f = None if self.f1 is None else F.linear(self._cols(P, self.f0, self.V), self.f1)
+        u = F.linear(self._cols(P, self.g0, self.V), self.g1_w, self.g1_b)
+        return ops.decode_step(P, f, u, self.conv_w, state["conv"], state["recurrent"], self.A_log, self.dt_bias,
+                               self.o_norm_w, self.gate_layout, c.norm_eps, c.output_gate_act, self.K**-0.5,
+                               bool(c.use_qk_l2norm))
 
     def new_state(self, batch: int, device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
         """Zero state (an empty sequence's) of `batch` cache rows, preallocated so that updates happen in place."""

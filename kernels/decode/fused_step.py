@@ -1,0 +1,152 @@
+"""The GDN-2 mixer's decode step in one Triton kernel: short conv + SiLU (conv state shifted in place), the gates,
+the q/k L2 norm, one recurrence step (fp32 state updated in place) and the output RMSNorm x gate.
+
+Unfused, the step between the mixer's projections is four launches (conv step, gates, recurrence, gated norm) with
+their intermediates written and read back; at decode's sizes each is a few microseconds of latency for almost no
+bytes, so a captured step spends more on launches than on work. One program per (cache row, key head) does it all:
+it owns the head's q/k conv channels (so no other program touches that part of the conv state) and loops over the
+value heads of its group, holding each one's K x V state in registers. `naive.py` is the reference: the same
+operators in PyTorch, with the same roundings (conv outputs and gates in the activations' dtype, the recurrence in
+float32, its output rounded once before the norm).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..gates.naive import GateLayout
+from ..gdn2.utils import tsum
+
+_KINDS = {"gdn2": 0, "kda": 1, "gdn": 2}
+_ABLATIONS = {"none": 0, "scalar_erase": 1, "scalar_write": 2}
+
+
+@triton.jit
+def _softplus(x):
+    return tl.maximum(x, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(x)))
+
+
+@triton.jit
+def _conv_step(x_row, s_row, w, ch, C, KS: tl.constexpr):
+    """SiLU(w . [s_0 .. s_{KS-2}, x]) on channels `ch`, rounded to x's dtype and returned in float32; the state
+    rows shift in place to [s_1 .. s_{KS-2}, x]. Sums in the reference's order."""
+    xv = tl.load(x_row + ch)
+    acc = tl.zeros(ch.shape, tl.float32)
+    for j in tl.static_range(KS - 1):
+        sj = tl.load(s_row + j * C + ch)
+        acc += sj.to(tl.float32) * tl.load(w + ch * KS + j).to(tl.float32)
+        if j > 0:
+            tl.store(s_row + (j - 1) * C + ch, sj)
+    acc += xv.to(tl.float32) * tl.load(w + ch * KS + KS - 1).to(tl.float32)
+    tl.store(s_row + (KS - 2) * C + ch, xv.to(s_row.dtype.element_ty))
+    return (acc * tl.sigmoid(acc)).to(xv.dtype).to(tl.float32)
+
+
+@triton.jit
+def _decode_step_kernel(
+    P, p_stride, f, f_stride, u, conv_w, conv_s, S_ptr, A_log, dt_bias, norm_w, y, off_b, off_w, off_a, scale, eps,
+    H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr, KS: tl.constexpr,
+    KIND: tl.constexpr, NEG: tl.constexpr, ABLATION: tl.constexpr, L2NORM: tl.constexpr, SIGMOID: tl.constexpr,
+):
+    i_n = tl.program_id(0).to(tl.int64)
+    i_h = tl.program_id(1)
+    G: tl.constexpr = HV // H
+    C: tl.constexpr = 2 * H * K + HV * V
+    dt = P.dtype.element_ty
+    o_k, o_v = tl.arange(0, K), tl.arange(0, V)
+    row = P + i_n * p_stride
+    s_row = conv_s + i_n * (KS - 1) * C
+
+    q = _conv_step(row, s_row, conv_w, i_h * K + o_k, C, KS)
+    k = _conv_step(row, s_row, conv_w, H * K + i_h * K + o_k, C, KS)
+    if L2NORM:
+        q = q * tl.rsqrt(tsum(q * q, 0) + 1e-6)
+        k = k * tl.rsqrt(tsum(k * k, 0) + 1e-6)
+    q = q * scale
+
+    # gates of this key head (as kernels/gates computes them)
+    a = tl.exp(tl.load(A_log + i_h).to(tl.float32))
+    if KIND == 2:  # one decay per head
+        pre = tl.load(row + off_a + i_h).to(tl.float32) + tl.load(dt_bias + i_h).to(tl.float32)
+        g = tl.zeros([K], tl.float32) - a * _softplus(pre)
+    else:
+        pre = tl.load(f + i_n * f_stride + i_h * K + o_k).to(tl.float32)
+        g = -a * _softplus(pre + tl.load(dt_bias + i_h * K + o_k).to(tl.float32))
+    decay = tl.exp(g)
+    if KIND == 0:
+        bv = tl.sigmoid(tl.load(row + off_b + i_h * K + o_k).to(tl.float32)).to(dt)
+        if NEG:
+            bv = (bv.to(tl.float32) * 2.0).to(dt)  # exact: a power of two
+        if ABLATION == 1:
+            bv = (tl.zeros([K], tl.float32) + tsum(bv.to(tl.float32), 0) / K).to(dt)
+        bk = bv.to(tl.float32) * k
+    else:  # one beta per head for erase and write
+        beta = tl.sigmoid(tl.load(row + off_b + i_h).to(tl.float32)).to(dt).to(tl.float32)
+        bk = beta * k
+
+    for j in tl.static_range(G):
+        i_hv = i_h * G + j
+        v = _conv_step(row, s_row, conv_w, 2 * H * K + i_hv * V + o_v, C, KS)
+        if KIND == 0:
+            wv = tl.sigmoid(tl.load(row + off_w + i_hv * V + o_v).to(tl.float32)).to(dt)
+            if ABLATION == 2:
+                wv = (tl.zeros([V], tl.float32) + tsum(wv.to(tl.float32), 0) / V).to(dt)
+            wv = wv.to(tl.float32)
+        else:
+            wv = tl.zeros([V], tl.float32) + beta
+        p_S = S_ptr + (i_n * HV + i_hv) * (K * V) + o_k[:, None] * V + o_v[None, :]
+        S = tl.load(p_S) * decay[:, None]
+        r = tsum(bk[:, None] * S, 0)
+        S = S + k[:, None] * (wv * v - r)[None, :]
+        o = tsum(q[:, None] * S, 0)
+        tl.store(p_S, S)
+
+        # output RMSNorm over the head's V channels, times act(u); o rounded once, as the recurrence returns it
+        o = o.to(dt).to(tl.float32)
+        rstd = tl.rsqrt(tsum(o * o, 0) / V + eps)
+        uf = tl.load(u + i_n * (HV * V) + i_hv * V + o_v).to(tl.float32)
+        gate = tl.sigmoid(uf) if SIGMOID else uf * tl.sigmoid(uf)
+        out = o * rstd * tl.load(norm_w + o_v).to(tl.float32) * gate
+        tl.store(y + i_n * (HV * V) + i_hv * V + o_v, out.to(dt))
+
+
+def fused_decode_step(
+    P: torch.Tensor, f: torch.Tensor | None, u: torch.Tensor, conv_w: torch.Tensor, conv_state: torch.Tensor,
+    state: torch.Tensor, A_log: torch.Tensor, dt_bias: torch.Tensor, norm_w: torch.Tensor, lay: GateLayout,
+    eps: float, act: str, scale: float, use_qk_l2norm: bool,
+) -> torch.Tensor:
+    """Same contract as `naive.decode_step_ref`. P and f need unit column stride; u, conv_w, conv_state and state
+    must be contiguous (the states are written where they lie, which is what a captured CUDA graph replays)."""
+    H, HV, K, V = lay.H, lay.HV, lay.K, lay.V
+    B = P.shape[0]
+    C = 2 * H * K + HV * V
+    KS = conv_w.shape[1]
+    if P.stride(1) != 1 or (f is not None and f.stride(1) != 1):
+        raise ValueError("P and f need unit column stride")
+    if K & (K - 1) or V & (V - 1) or HV % H:
+        raise ValueError(f"head sizes must be powers of two and value heads a multiple of key heads, got "
+                         f"K={K}, V={V}, H={H}, HV={HV}")
+    if lay.kind != "gdn2" and HV != H:
+        raise ValueError(f"gates={lay.kind!r} needs as many value heads as key heads")
+    if tuple(conv_w.shape) != (C, KS) or KS < 2 or not conv_w.is_contiguous():
+        raise ValueError(f"conv weight must be contiguous [{C}, KS], got {tuple(conv_w.shape)}")
+    if tuple(conv_state.shape) != (B, KS - 1, C) or not conv_state.is_contiguous() or conv_state.dtype != P.dtype:
+        raise ValueError(f"conv state must be contiguous [{B}, {KS - 1}, {C}] in {P.dtype}, got "
+                         f"{tuple(conv_state.shape)} {conv_state.dtype}")
+    if tuple(state.shape) != (B, HV, K, V) or not state.is_contiguous() or state.dtype != torch.float32:
+        raise ValueError(f"state must be contiguous float32 [{B}, {HV}, {K}, {V}], got {tuple(state.shape)} "
+                         f"{state.dtype}")
+    if tuple(u.shape) != (B, HV * V) or not u.is_contiguous():
+        raise ValueError(f"u must be contiguous [{B}, {HV * V}], got {tuple(u.shape)}")
+    y = torch.empty(B, HV * V, dtype=P.dtype, device=P.device)
+    if B:
+        _decode_step_kernel[(B, H)](
+            P, P.stride(0), P if f is None else f, 0 if f is None else f.stride(0), u, conv_w, conv_state, state,
+            A_log, dt_bias, norm_w, y, lay.off_b, lay.off_w, lay.off_a, scale, eps,
+            H=H, HV=HV, K=K, V=V, KS=KS, KIND=_KINDS[lay.kind], NEG=lay.neg_eigval,
+            ABLATION=_ABLATIONS[lay.ablation], L2NORM=bool(use_qk_l2norm), SIGMOID=act == "sigmoid",
+            num_warps=max(1, min(8, K * V // 2048)),
+        )
+    return y
