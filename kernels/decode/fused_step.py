@@ -16,16 +16,9 @@ import torch
 import triton
 import triton.language as tl
 
+from ..gates.gdn2_gates import _ABLATIONS, _KINDS, _softplus  # the same gate codes and activation
 from ..gates.naive import GateLayout
 from ..gdn2.utils import tsum
-
-_KINDS = {"gdn2": 0, "kda": 1, "gdn": 2}
-_ABLATIONS = {"none": 0, "scalar_erase": 1, "scalar_write": 2}
-
-
-@triton.jit
-def _softplus(x):
-    return tl.maximum(x, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(x)))
 
 
 @triton.jit
