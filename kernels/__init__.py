@@ -19,7 +19,14 @@ if __name__ == "kernels":  # pragma: no cover - only when the checkout's root is
     try:
         sys.modules["kernels"] = importlib.import_module("kernels")
     except ImportError:
-        raise ImportError("no 'kernels' module outside this checkout (this folder is gdn2_eval.kernels)") from None
+        # Not installed: leave what a stray namespace folder leaves (no `__file__`, no version), which transformers'
+        # package probe reads as "absent" rather than failing `import transformers` on a machine without it.
+        import types
+
+        _absent = types.ModuleType("kernels", "Not Hugging Face's kernels package: the checkout's kernels/ folder.")
+        _absent.__file__ = None
+        _absent.__path__ = []
+        sys.modules["kernels"] = _absent
     finally:
         sys.path[:] = _saved
 else:

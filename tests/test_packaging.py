@@ -42,3 +42,37 @@ def test_the_checkout_root_on_sys_path_does_not_shadow_hugging_faces_kernels():
     res = _run(code, ROOT)  # `python -c` puts the current directory first on sys.path
     assert res.returncode == 0, res.stderr
     assert res.stdout.split()[0] == "gdn2_eval.kernels.dispatch"
+
+
+HIDE_HF_KERNELS = """
+import importlib.machinery, os, sys
+ROOT = {root!r}
+class HideInstalledKernels:  # a machine without Hugging Face's `kernels` (the GPU machine's image)
+    def find_spec(self, name, path=None, target=None):
+        if name != "kernels":
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, sys.path)
+        if spec is not None and spec.origin and os.path.abspath(spec.origin).startswith(ROOT):
+            return None
+        raise ModuleNotFoundError("No module named 'kernels'", name="kernels")
+sys.meta_path.insert(0, HideInstalledKernels())
+import importlib.metadata
+_version = importlib.metadata.version
+def version(name):
+    if name == "kernels":
+        raise importlib.metadata.PackageNotFoundError(name)
+    return _version(name)
+importlib.metadata.version = version
+"""
+
+
+def test_the_checkout_root_on_sys_path_without_hugging_faces_kernels_leaves_transformers_working():
+    code = HIDE_HF_KERNELS.format(root=str(ROOT)) + (
+        "from transformers.utils.import_utils import is_kernels_available\n"
+        "assert not is_kernels_available()\n"
+        "import transformers.integrations.hub_kernels\n"
+        "import gdn2_eval.kernels as ours; print(ours.resolve_backend.__module__)\n"
+    )
+    res = _run(code, ROOT)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split()[-1] == "gdn2_eval.kernels.dispatch"
