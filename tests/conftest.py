@@ -75,10 +75,11 @@ IMPLS = ("reference", "inference")  # the readable model, and the packed and fus
 def tiny_model(kind: str = "hybrid", seed: int = 0, impl: str = "reference", **overrides) -> GDN2ForCausalLM:
     torch.manual_seed(seed)
     model = GDN2ForCausalLM(tiny_config(kind, **overrides)).eval()
-    # Random gates far from their init so that every gate and decay matters in comparisons.
+    # Random gates far from their init, and biases away from their zero init, so that every gate, decay and bias
+    # matters in comparisons.
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if name.endswith(("A_log", "dt_bias")):
+            if name.endswith(("A_log", "dt_bias", ".bias")):
                 p.copy_(torch.randn_like(p) * 0.5)
     if impl == "inference":
         from gdn2_eval.inference import GDN2InferenceForCausalLM

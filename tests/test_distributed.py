@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import math
 import os
 import subprocess
 import sys
@@ -69,10 +71,26 @@ def _run(args: list[str], procs: int) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=900)
 
 
+def _same_summary(got: Path, want: Path) -> None:
+    """Every cell equal, numbers to float32 rounding: the ranks batch different documents together, and a float32
+    GEMM's last bit depends on the rows beside it (seen: a perplexity of 253.919633 against 253.919634)."""
+    got_rows, want_rows = (list(csv.reader(f.read_text().splitlines())) for f in (got, want))
+    assert len(got_rows) == len(want_rows) and got_rows[0] == want_rows[0]
+    for g, w in zip(got_rows, want_rows):
+        for a, b in zip(g, w, strict=True):
+            try:
+                fa, fb = float(a), float(b)
+            except ValueError:
+                assert a == b, (g, w)
+            else:
+                assert math.isclose(fa, fb, rel_tol=1e-6, abs_tol=1e-9), (g, w)
+
+
 @pytest.mark.slow
 def test_two_cpu_processes_write_the_same_summary_as_one(tiny_model_dir, tmp_path):
     """Log-likelihood (piqa), rolling perplexity (wikitext) and generation (RULER) requests, balanced across two
-    gloo processes: summary.csv byte for byte that of one process; the per-sample logs hold the same samples."""
+    gloo processes: summary.csv that of one process (its numbers to float32 rounding); the per-sample logs hold the
+    same samples."""
     from gdn2_eval.standins import write_standins
 
     data = tmp_path / "data"
@@ -84,7 +102,7 @@ def test_two_cpu_processes_write_the_same_summary_as_one(tiny_model_dir, tmp_pat
     assert one.returncode == 0, one.stderr[-3000:]
     two = _run([*common, "--out", str(tmp_path / "two")], 2)
     assert two.returncode == 0, two.stderr[-3000:]
-    assert (tmp_path / "two" / "summary.csv").read_text() == (tmp_path / "one" / "summary.csv").read_text()
+    _same_summary(tmp_path / "two" / "summary.csv", tmp_path / "one" / "summary.csv")
     rows = (tmp_path / "one" / "summary.csv").read_text().splitlines()
     assert any(r.startswith("tiny-gdn2,") and ",niah_single_1," in r for r in rows) and len(rows) >= 4
     def docs(run: str, name: str) -> list[int]:
@@ -99,7 +117,7 @@ def test_two_cpu_processes_write_the_same_summary_as_one(tiny_model_dir, tmp_pat
     again = _run([*common, "--out", str(tmp_path / "two"), "--resume"], 2)
     assert again.returncode == 0, again.stderr[-3000:]
     assert {f.name: f.stat().st_mtime for f in (tmp_path / "two" / "tasks").glob("*.json")} == finished
-    assert (tmp_path / "two" / "summary.csv").read_text() == (tmp_path / "one" / "summary.csv").read_text()
+    _same_summary(tmp_path / "two" / "summary.csv", tmp_path / "one" / "summary.csv")
     from sqlitedict import SqliteDict
 
     for rank in (0, 1):

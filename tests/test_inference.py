@@ -130,10 +130,12 @@ def test_add_rms_norm_kernel_matches_reference(dtype, with_residual):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("act", ["silu", "sigmoid"])
-def test_gated_rms_norm_kernel_matches_reference(dtype, act):
+@pytest.mark.parametrize("u_in_wider_rows", [False, True])
+def test_gated_rms_norm_kernel_matches_reference(dtype, act, u_in_wider_rows):
     g = torch.Generator().manual_seed(4)
     o = torch.randn(13, 3, 32, generator=g).to(dtype)
-    u = torch.randn(13, 96, generator=g).to(dtype)
+    # the decode step's u is the right half of the two gate branches' one GEMM output
+    u = torch.randn(13, 96 + 40, generator=g).to(dtype)[:, 40:] if u_in_wider_rows else torch.randn(13, 96).to(dtype)
     w = torch.randn(32, generator=g).to(dtype)
     torch.testing.assert_close(gated_rms_norm(o, u, w, 1e-5, act), gated_rms_norm_ref(o, u, w, 1e-5, act), **tol(dtype))
 
@@ -157,7 +159,7 @@ def test_decode_step_kernel_matches_reference_and_updates_both_states_in_place(k
                      off_a=off_b + H if kind == "gdn" else 0, neg_eigval=neg, ablation=ablation)
     P = (2 * torch.randn(B, off_b + H * K + HV * V + 3, generator=g)).to(dtype)
     f = (2 * torch.randn(B, H * K + 5, generator=g)).to(dtype)[:, : H * K] if kind != "gdn" else None
-    u = torch.randn(B, HV * V, generator=g).to(dtype)
+    u = torch.randn(B, HV * V + 7, generator=g).to(dtype)[:, 7:]  # a slice of a wider GEMM's rows, as the model has
     conv_w = (0.5 * torch.randn(C, KS, generator=g)).to(dtype)
     conv_state = torch.randn(B, KS - 1, C, generator=g).to(dtype)
     state = torch.randn(B, HV, K, V, generator=g)

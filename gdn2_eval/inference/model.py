@@ -88,6 +88,18 @@ class FusedGDN2Mixer(nn.Module):
         self.conv_w = _frozen(torch.cat([getattr(ref, f"{n}_conv1d").weight[:, 0] for n in "qkv"], 0))
         self.f1 = _frozen(ref.f_proj[1].weight) if self.kind != "gdn" else None
         self.g1_w, self.g1_b = _frozen(ref.g_proj[1].weight), _frozen(ref.g_proj[1].bias)
+        self.fg1_w = self.fg1_b = None
+        if self.f1 is not None:
+            # the decode step runs both branches' second stages as one GEMM on a block-diagonal weight (their inputs
+            # are adjacent columns of P): one launch less a layer where launches, not bytes, set the step's time.
+            # Prefill keeps the two GEMMs, which multiply no zeros.
+            f1, g1 = self.f1, self.g1_w
+            fg1 = f1.new_zeros(f1.shape[0] + g1.shape[0], f1.shape[1] + g1.shape[1])
+            fg1[: f1.shape[0], : f1.shape[1]] = f1
+            fg1[f1.shape[0] :, f1.shape[1] :] = g1
+            self.fg1_w = _frozen(fg1)
+            self.fg1_b = _frozen(torch.cat((self.g1_b.new_zeros(f1.shape[0]), self.g1_b)))
+            assert self.g0 == self.f0 + f1.shape[1], "the two branches' inputs must be adjacent columns of P"
         self.A_log, self.dt_bias = _frozen(ref.A_log), _frozen(ref.dt_bias)
         self.o_norm_w, self.o_proj = _frozen(ref.o_norm.weight), _frozen(ref.o_proj.weight)
         self._gate_cols = (off_b, off_w, off_a)
@@ -113,6 +125,14 @@ class FusedGDN2Mixer(nn.Module):
     def _cols(self, P: torch.Tensor, start: int, width: int) -> torch.Tensor:
         return P[:, start : start + width]
 
+    def _branches(self, P: torch.Tensor, step: bool) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """The low-rank decay branch's output f (None for "gdn") and the output gate's pre-activation u."""
+        if step and self.fg1_w is not None:
+            fu = F.linear(self._cols(P, self.f0, self.fg1_w.shape[1]), self.fg1_w, self.fg1_b)
+            return fu[:, : self.f1.shape[0]], fu[:, self.f1.shape[0] :]
+        f = None if self.f1 is None else F.linear(self._cols(P, self.f0, self.f1.shape[1]), self.f1)
+        return f, F.linear(self._cols(P, self.g0, self.g1_w.shape[1]), self.g1_w, self.g1_b)
+
     def forward(self, h: torch.Tensor, layout: TokenLayout, state: dict[str, Any] | None, ops: FusedOps,
                 step: bool) -> torch.Tensor:
         """h [N, D]: the packed tokens (prefill) or one token per cache row (`step`). Returns [N, D]."""
@@ -129,9 +149,8 @@ class FusedGDN2Mixer(nn.Module):
                                                  layout.pos_in_call, conv, layout.rows, self.splits)
             if state is not None:
                 state["conv"].index_copy_(0, layout.rows, new_conv)
-        f = None if self.f1 is None else F.linear(self._cols(P, self.f0, V), self.f1)
+        f, u = self._branches(P, step)
         g, b, w = ops.gates(P, f, self.A_log, self.dt_bias, self.gate_layout)
-        u = F.linear(self._cols(P, self.g0, V), self.g1_w, self.g1_b)
 
         n = h.shape[0]
         lead = (n, 1) if step else (1, n)  # [B, 1] per decode row, or [1, total] packed
@@ -157,8 +176,7 @@ class FusedGDN2Mixer(nn.Module):
         """One token per cache row: conv, gates, recurrence and gated norm as one kernel (`kernels/decode`), both
         states updated where they lie."""
         c = self.config
-        f = None if self.f1 is None else F.linear(self._cols(P, self.f0, self.V), self.f1)
-        u = F.linear(self._cols(P, self.g0, self.V), self.g1_w, self.g1_b)
+        f, u = self._branches(P, step=True)
         return ops.decode_step(P, f, u, self.conv_w, state["conv"], state["recurrent"], self.A_log, self.dt_bias,
                                self.o_norm_w, self.gate_layout, c.norm_eps, c.output_gate_act, self.K**-0.5,
                                bool(c.use_qk_l2norm))

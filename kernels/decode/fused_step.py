@@ -39,7 +39,8 @@ def _conv_step(x_row, s_row, w, ch, C, KS: tl.constexpr):
 
 @triton.jit
 def _decode_step_kernel(
-    P, p_stride, f, f_stride, u, conv_w, conv_s, S_ptr, A_log, dt_bias, norm_w, y, off_b, off_w, off_a, scale, eps,
+    P, p_stride, f, f_stride, u, u_stride, conv_w, conv_s, S_ptr, A_log, dt_bias, norm_w, y, off_b, off_w, off_a,
+    scale, eps,
     H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr, KS: tl.constexpr,
     KIND: tl.constexpr, NEG: tl.constexpr, ABLATION: tl.constexpr, L2NORM: tl.constexpr, SIGMOID: tl.constexpr,
 ):
@@ -99,7 +100,7 @@ def _decode_step_kernel(
         # output RMSNorm over the head's V channels, times act(u); o rounded once, as the recurrence returns it
         o = o.to(dt).to(tl.float32)
         rstd = tl.rsqrt(tsum(o * o, 0) / V + eps)
-        uf = tl.load(u + i_n * (HV * V) + i_hv * V + o_v).to(tl.float32)
+        uf = tl.load(u + i_n * u_stride + i_hv * V + o_v).to(tl.float32)
         gate = tl.sigmoid(uf) if SIGMOID else uf * tl.sigmoid(uf)
         out = o * rstd * tl.load(norm_w + o_v).to(tl.float32) * gate
         tl.store(y + i_n * (HV * V) + i_hv * V + o_v, out.to(dt))
@@ -110,14 +111,15 @@ def fused_decode_step(
     state: torch.Tensor, A_log: torch.Tensor, dt_bias: torch.Tensor, norm_w: torch.Tensor, lay: GateLayout,
     eps: float, act: str, scale: float, use_qk_l2norm: bool,
 ) -> torch.Tensor:
-    """Same contract as `naive.decode_step_ref`. P and f need unit column stride; u, conv_w, conv_state and state
-    must be contiguous (the states are written where they lie, which is what a captured CUDA graph replays)."""
+    """Same contract as `naive.decode_step_ref`. P, f and u need unit column stride (their rows may be slices of wider
+    GEMM outputs); conv_w, conv_state and state must be contiguous (the states are written where they lie, which is
+    what a captured CUDA graph replays)."""
     H, HV, K, V = lay.H, lay.HV, lay.K, lay.V
     B = P.shape[0]
     C = 2 * H * K + HV * V
     KS = conv_w.shape[1]
-    if P.stride(1) != 1 or (f is not None and f.stride(1) != 1):
-        raise ValueError("P and f need unit column stride")
+    if P.stride(1) != 1 or (f is not None and f.stride(1) != 1) or u.stride(1) != 1:
+        raise ValueError("P, f and u need unit column stride")
     if K & (K - 1) or V & (V - 1) or HV % H:
         raise ValueError(f"head sizes must be powers of two and value heads a multiple of key heads, got "
                          f"K={K}, V={V}, H={H}, HV={HV}")
@@ -131,12 +133,13 @@ def fused_decode_step(
     if tuple(state.shape) != (B, HV, K, V) or not state.is_contiguous() or state.dtype != torch.float32:
         raise ValueError(f"state must be contiguous float32 [{B}, {HV}, {K}, {V}], got {tuple(state.shape)} "
                          f"{state.dtype}")
-    if tuple(u.shape) != (B, HV * V) or not u.is_contiguous():
-        raise ValueError(f"u must be contiguous [{B}, {HV * V}], got {tuple(u.shape)}")
+    if tuple(u.shape) != (B, HV * V):
+        raise ValueError(f"u must be [{B}, {HV * V}], got {tuple(u.shape)}")
     y = torch.empty(B, HV * V, dtype=P.dtype, device=P.device)
     if B:
         _decode_step_kernel[(B, H)](
-            P, P.stride(0), P if f is None else f, 0 if f is None else f.stride(0), u, conv_w, conv_state, state,
+            P, P.stride(0), P if f is None else f, 0 if f is None else f.stride(0), u, u.stride(0), conv_w, conv_state,
+            state,
             A_log, dt_bias, norm_w, y, lay.off_b, lay.off_w, lay.off_a, scale, eps,
             H=H, HV=HV, K=K, V=V, KS=KS, KIND=_KINDS[lay.kind], NEG=lay.neg_eigval,
             ABLATION=_ABLATIONS[lay.ablation], L2NORM=bool(use_qk_l2norm), SIGMOID=act == "sigmoid",

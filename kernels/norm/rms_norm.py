@@ -27,13 +27,15 @@ def _add_rms_norm_kernel(x, y, w, s_out, h_out, N, D, eps, BR: tl.constexpr, BD:
 
 
 @triton.jit
-def _gated_rms_norm_kernel(o, u, w, y, R, eps, V: tl.constexpr, BR: tl.constexpr, SIGMOID: tl.constexpr):
+def _gated_rms_norm_kernel(o, u, u_stride, w, y, R, H, eps, V: tl.constexpr, BR: tl.constexpr,
+                           SIGMOID: tl.constexpr):
     o_r = (tl.program_id(0) * BR + tl.arange(0, BR)).to(tl.int64)
     o_v = tl.arange(0, V)
     m = (o_r < R)[:, None]
     p = o_r[:, None] * V + o_v[None, :]
     of = tl.load(o + p, mask=m, other=0.0).to(tl.float32)
-    uf = tl.load(u + p, mask=m, other=0.0).to(tl.float32)
+    pu = (o_r // H * u_stride + o_r % H * V)[:, None] + o_v[None, :]  # u's rows may be a slice of a wider GEMM
+    uf = tl.load(u + pu, mask=m, other=0.0).to(tl.float32)
     r = tl.rsqrt(tl.sum(of * of, 1) / V + eps)
     gate = tl.sigmoid(uf) if SIGMOID else uf * tl.sigmoid(uf)
     out = of * r[:, None] * tl.load(w + o_v).to(tl.float32)[None, :] * gate
@@ -57,15 +59,16 @@ def add_rms_norm(
 
 
 def gated_rms_norm(o: torch.Tensor, u: torch.Tensor, weight: torch.Tensor, eps: float, act: str) -> torch.Tensor:
-    """o [T, H, V] contiguous, u [T, H*V] contiguous. Returns [T, H*V] in o's dtype."""
+    """o [T, H, V] contiguous, u [T, H*V] with unit column stride (rows may be strided). Returns [T, H*V] in o's
+    dtype."""
     T, H, V = o.shape
-    if not (o.is_contiguous() and u.is_contiguous()) or u.shape != (T, H * V) or V & (V - 1):
-        raise ValueError(f"o [T, H, V] (V a power of two) and u [T, H*V], contiguous; got {tuple(o.shape)}, "
-                         f"{tuple(u.shape)}")
+    if not o.is_contiguous() or u.shape != (T, H * V) or (T and u.stride(1) != 1) or V & (V - 1):
+        raise ValueError(f"o [T, H, V] contiguous (V a power of two) and u [T, H*V] with unit column stride; got "
+                         f"{tuple(o.shape)}, {tuple(u.shape)}")
     y = torch.empty(T, H * V, dtype=o.dtype, device=o.device)
     R = T * H
     if R:
         BR = max(1, 2048 // V)
-        _gated_rms_norm_kernel[(triton.cdiv(R, BR),)](o, u, weight, y, R, eps, V=V, BR=BR,
+        _gated_rms_norm_kernel[(triton.cdiv(R, BR),)](o, u, u.stride(0), weight, y, R, H, eps, V=V, BR=BR,
                                                       SIGMOID=act == "sigmoid", num_warps=4)
     return y
