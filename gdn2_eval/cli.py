@@ -747,6 +747,38 @@ def bench_model(
                            dump_fla_configs=dump_fla_configs) + (["--merge"] if merge else []))
 
 
+@bench_app.command("gemv")
+@user_errors
+def bench_gemv(
+    out: Annotated[Path | None, typer.Option(help="JSON to write [default: results/bench/gemv_<gpu>.json].")] = None,
+    preset: Annotated[str, typer.Option(help="GDN-2 preset whose decode-step weight shapes are measured.")] = (
+        "gdn2_1.3B"),
+    rows: Annotated[str, typer.Option(help="Row counts (decode batch buckets), e.g. 1,16,64.")] = "1,16,64",
+    pin: Annotated[bool, typer.Option(help="Write the configurations that beat cuBLAS to kernels/configs/skinny/"
+                                      "<GPU>.json, which the decode step then takes on this GPU.")] = False,
+) -> None:
+    """The decode step's GEMMs at a few rows: cuBLAS against the project's few-row Triton GEMM."""
+    from .kernels.linear.skinny import ROW_BUCKETS
+
+    checks.writable_file("--out", out)
+    checks.preset("--preset", preset)
+    parsed = checks.batches("--rows", rows)
+    if any(r not in ROW_BUCKETS for r in parsed):
+        raise UserError(f"--rows: each one of {', '.join(map(str, ROW_BUCKETS))} (the row buckets the decode step "
+                        f"looks up), got {rows!r}")
+    _need_cuda("gemv")
+    import torch
+
+    from .bench.gemv import main as gemv_main
+
+    gpu = torch.cuda.get_device_name().lower().replace("nvidia", "").split()[0]
+    dest = out or Path(f"results/bench/gemv_{gpu}.json")
+    report = gemv_main(dest, preset, tuple(parsed), pin)
+    faster = sum(r["faster"] for r in report["rows"])
+    console.print(f"the Triton GEMM beat cuBLAS on {faster} of {len(report['rows'])} shapes; wrote {dest}"
+                  + (f" and {report['pinned']}" if pin else ""))
+
+
 @bench_app.command("ruler")
 @user_errors
 def bench_ruler(

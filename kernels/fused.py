@@ -24,6 +24,7 @@ class FusedOps:
     # the mixer's decode step between its projections, conv + gates + recurrence + gated norm (`decode/`):
     # (P, f, u, conv_w, conv_state, state (both in place), A_log, dt_bias, norm_w, GateLayout, eps, act, scale, l2)
     decode_step: Callable
+    linear: Callable  # (x [M, K], weight, bias | None) -> [M, N]: F.linear, or for a few rows a pinned Triton GEMM
     kind: str  # "triton" | "torch"
 
 
@@ -32,6 +33,7 @@ def _references() -> FusedOps:
     from .conv.naive import short_conv_step_ref, short_conv_varlen_ref
     from .decode.naive import decode_step_ref
     from .gates.naive import gdn2_gates_ref
+    from .linear.naive import linear_ref
     from .norm.naive import add_rms_norm_ref, gated_rms_norm_ref
     from .swiglu.naive import swiglu_ref
 
@@ -39,7 +41,7 @@ def _references() -> FusedOps:
         return short_conv_varlen_ref(x, weight, cu, state, state_rows, splits)
 
     return FusedOps(conv, short_conv_step_ref, gdn2_gates_ref, add_rms_norm_ref, gated_rms_norm_ref, swiglu_ref,
-                    decode_step_ref, "torch")
+                    decode_step_ref, linear_ref, "torch")
 
 
 @functools.cache
@@ -47,11 +49,12 @@ def _triton() -> FusedOps:
     from .conv.short_conv import short_conv_step, short_conv_varlen
     from .decode.fused_step import fused_decode_step
     from .gates.gdn2_gates import gdn2_gates
+    from .linear.skinny import decode_linear
     from .norm.rms_norm import add_rms_norm, gated_rms_norm
     from .swiglu.swiglu import swiglu
 
     return FusedOps(short_conv_varlen, short_conv_step, gdn2_gates, add_rms_norm, gated_rms_norm, swiglu,
-                    fused_decode_step, "triton")
+                    fused_decode_step, decode_linear, "triton")
 
 
 def fused_ops(device: torch.device | str) -> FusedOps:

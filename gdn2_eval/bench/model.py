@@ -149,15 +149,21 @@ def decode(ref, ours, batches, kernels, copy_bw: float, steps: int, log) -> list
     `step_ms` is the inference path with the run's kernel, `step_ms_<k>` with each recurrence kernel `k`."""
     from ..generation import GraphDecoder
     from ..generation import prefill as prefill_prompts
+    from ..kernels.linear import skinny
 
-    weight_bytes = sum(p.numel() * p.element_size() for p in ours.parameters())
+    # the checkpoint's bytes: what any implementation must read (the inference layout's block-diagonal branch
+    # weight reads some zeros more, which is this implementation's overhead, not the floor's)
+    weight_bytes = sum(p.numel() * p.element_size() for p in ref.parameters())
+    pinned = skinny.has_pins(next(ours.parameters()).device)
     rows = []
     for B in batches:
         prompts = torch.randint(0, 32000, (B, DECODE_PROMPT), generator=torch.Generator().manual_seed(B)).tolist()
         row = {"batch": B, "prompt_tokens": DECODE_PROMPT}
-        runs = [(f"step_ms_{k}", ours, k) for k in kernels] + [("ref_step_ms", ref, ref.config.kernel)]
-        for name, model, kernel in runs:
-            with kernel_as(model, kernel):
+        runs = [(f"step_ms_{k}", ours, k, False) for k in kernels] + [("ref_step_ms", ref, ref.config.kernel, False)]
+        if pinned:  # the few-row GEMMs pinned for this GPU against cuBLAS's, with the run's recurrence kernel
+            runs.append(("step_ms_cublas_gemms", ours, kernels[0], True))
+        for name, model, kernel, cublas in runs:
+            with kernel_as(model, kernel), (skinny.pins_disabled() if cublas else contextlib.nullcontext()):
                 cache, last = prefill_prompts(model, prompts, 0, 65536)
                 state_bytes = cache.nbytes()
                 decoder = GraphDecoder(model, cache, last.argmax(-1))

@@ -125,22 +125,22 @@ class FusedGDN2Mixer(nn.Module):
     def _cols(self, P: torch.Tensor, start: int, width: int) -> torch.Tensor:
         return P[:, start : start + width]
 
-    def _branches(self, P: torch.Tensor, step: bool) -> tuple[torch.Tensor | None, torch.Tensor]:
+    def _branches(self, P: torch.Tensor, step: bool, ops: FusedOps) -> tuple[torch.Tensor | None, torch.Tensor]:
         """The low-rank decay branch's output f (None for "gdn") and the output gate's pre-activation u."""
         if step and self.fg1_w is not None:
-            fu = F.linear(self._cols(P, self.f0, self.fg1_w.shape[1]), self.fg1_w, self.fg1_b)
+            fu = ops.linear(self._cols(P, self.f0, self.fg1_w.shape[1]), self.fg1_w, self.fg1_b)
             return fu[:, : self.f1.shape[0]], fu[:, self.f1.shape[0] :]
-        f = None if self.f1 is None else F.linear(self._cols(P, self.f0, self.f1.shape[1]), self.f1)
-        return f, F.linear(self._cols(P, self.g0, self.g1_w.shape[1]), self.g1_w, self.g1_b)
+        f = None if self.f1 is None else ops.linear(self._cols(P, self.f0, self.f1.shape[1]), self.f1, None)
+        return f, ops.linear(self._cols(P, self.g0, self.g1_w.shape[1]), self.g1_w, self.g1_b)
 
     def forward(self, h: torch.Tensor, layout: TokenLayout, state: dict[str, Any] | None, ops: FusedOps,
                 step: bool) -> torch.Tensor:
         """h [N, D]: the packed tokens (prefill) or one token per cache row (`step`). Returns [N, D]."""
         H, HV, K, V = self.H, self.HV, self.K, self.V
-        P = F.linear(h, self.w_in)
+        P = ops.linear(h, self.w_in, None)
         C = sum(self.splits)
         if step and layout.backend == "triton":  # the project's kernels: the whole step between projections in one
-            return F.linear(self._fused_step(P, state, ops), self.o_proj)
+            return ops.linear(self._fused_step(P, state, ops), self.o_proj, None)
         if step:
             q, k, v = ops.short_conv_step(P[:, :C], self.conv_w, state["conv"], self.splits)
         else:
@@ -149,7 +149,7 @@ class FusedGDN2Mixer(nn.Module):
                                                  layout.pos_in_call, conv, layout.rows, self.splits)
             if state is not None:
                 state["conv"].index_copy_(0, layout.rows, new_conv)
-        f, u = self._branches(P, step)
+        f, u = self._branches(P, step, ops)
         g, b, w = ops.gates(P, f, self.A_log, self.dt_bias, self.gate_layout)
 
         n = h.shape[0]
@@ -170,13 +170,13 @@ class FusedGDN2Mixer(nn.Module):
             state["recurrent"].index_copy_(0, layout.rows, final)
         y = ops.gated_rms_norm(o.reshape(n, HV, V), u, self.o_norm_w, self.config.norm_eps,
                                self.config.output_gate_act)
-        return F.linear(y, self.o_proj)
+        return ops.linear(y, self.o_proj, None)
 
     def _fused_step(self, P: torch.Tensor, state: dict[str, Any], ops: FusedOps) -> torch.Tensor:
         """One token per cache row: conv, gates, recurrence and gated norm as one kernel (`kernels/decode`), both
         states updated where they lie."""
         c = self.config
-        f, u = self._branches(P, step=True)
+        f, u = self._branches(P, True, ops)
         return ops.decode_step(P, f, u, self.conv_w, state["conv"], state["recurrent"], self.A_log, self.dt_bias,
                                self.o_norm_w, self.gate_layout, c.norm_eps, c.output_gate_act, self.K**-0.5,
                                bool(c.use_qk_l2norm))
@@ -318,7 +318,7 @@ class GDN2InferenceForCausalLM(GDN2PreTrainedModel, GenerationMixin):
                 y = block.attn(h[:, None] if step else h[None], layout, layer_cache, past_lens)
                 y = y[:, 0] if step else y[0]
             s, h = ops.add_rms_norm(s, y.contiguous(), block.mlp_norm_w, self.eps)
-            m = F.linear(ops.swiglu(F.linear(h, block.w12)), block.w3)
+            m = ops.linear(ops.swiglu(ops.linear(h, block.w12, None)), block.w3, None)
             nxt = self.layers[i + 1].attn_norm_w if i + 1 < len(self.layers) else self.norm_w
             s, h = ops.add_rms_norm(s, m, nxt, self.eps)
         hidden = h[:, None] if step else layout.unpack(h[None])
@@ -327,7 +327,8 @@ class GDN2InferenceForCausalLM(GDN2PreTrainedModel, GenerationMixin):
             cache.seq_lens = cache.seq_lens + added
             cache.seen_columns += T
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits = self.lm_head(hidden[:, keep])
+        kept = hidden[:, keep]
+        logits = ops.linear(kept.flatten(0, 1), self.lm_head.weight, self.lm_head.bias).view(*kept.shape[:2], -1)
         loss = None
         if labels is not None:
             loss = F.cross_entropy(
