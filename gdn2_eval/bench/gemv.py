@@ -87,12 +87,18 @@ def run_gemv_bench(preset: str, rows: tuple[int, ...] = ROW_BUCKETS, log=print) 
 
 def main(out: Path, preset: str, rows: tuple[int, ...], pin: bool) -> dict[str, Any]:
     device = torch.cuda.get_device_name()
-    table = run_gemv_bench(preset, rows, log=lambda r: print(json.dumps(r), flush=True))
-    report = {"device": device, "preset": preset, "configs_tried": len(CONFIGS), "margin": MARGIN,
-              "rows": [{**r, "config": r["config"].__dict__} for r in table]}
+    report: dict[str, Any] = {"device": device, "preset": preset, "configs_tried": len(CONFIGS), "margin": MARGIN,
+                              "rows": []}
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save(row: dict) -> None:  # after every shape, so that a run cut short keeps what it measured
+        print(json.dumps(row), flush=True)
+        report["rows"].append(row)
+        out.write_text(json.dumps(report, indent=1) + "\n")
+
+    table = run_gemv_bench(preset, rows, log=save)
     if pin:
         report["pinned"] = str(write_pins(device, [{k: r[k] for k in ("n", "k", "rows", "config", "faster")}
                                                    for r in table]))
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1) + "\n")
     return report
