@@ -1,12 +1,16 @@
 """The GDN-2 Triton kernels (`kernels/gdn2/chunk.py`, `fused_recurrent.py`) against the float64 references.
 
-Runs on the CPU through Triton's interpreter (TRITON_INTERPRET=1, set before triton is imported). With
-GDN2_TRITON_TEST_DEVICE=cuda the same tests run compiled on a GPU instead.
+Runs on the CPU through Triton's interpreter (TRITON_INTERPRET=1, set before triton is imported), and compiled where
+a GPU is present (GDN2_TRITON_TEST_DEVICE=cpu|cuda chooses).
 """
 
 import os
 
-DEVICE = os.environ.get("GDN2_TRITON_TEST_DEVICE", "cpu")
+import torch  # noqa: E402
+
+# compiled on a GPU where there is one (an interpreter set here would also take over every other test module's
+# kernels in the same session, `pytest -m gpu` included), interpreted on the CPU
+DEVICE = os.environ.get("GDN2_TRITON_TEST_DEVICE", "cuda" if torch.cuda.is_available() else "cpu")
 if DEVICE == "cpu":
     os.environ["TRITON_INTERPRET"] = "1"
 
@@ -15,7 +19,6 @@ import warnings  # noqa: E402
 import pytest  # noqa: E402
 
 pytest.importorskip("triton")
-torch = pytest.importorskip("torch")
 
 if DEVICE == "cpu":
     # If another module imported our kernels before TRITON_INTERPRET was set, re-create them as interpreted ones.

@@ -101,6 +101,8 @@ def _conv_step_kernel(
     acc += s2.to(tl.float32) * tl.load(w + o_c * 4 + 2).to(tl.float32)[None, :]
     acc += xv.to(tl.float32) * tl.load(w + o_c * 4 + 3).to(tl.float32)[None, :]
     acc = acc * tl.sigmoid(acc)
+    # where threads outnumber the block's elements they hold copies: every load of the state comes before any store
+    tl.debug_barrier()
     tl.store(p_s, s1, mask=m)
     tl.store(p_s + C, s2, mask=m)
     tl.store(p_s + 2 * C, xv.to(s2.dtype), mask=m)

@@ -22,17 +22,21 @@ from ..gdn2.utils import tsum
 
 
 @triton.jit
-def _conv_step(x_row, s_row, w, ch, C, KS: tl.constexpr):
+def _conv_step(x_row, s_row, w, ch, C, KS: tl.constexpr, RB: tl.constexpr):
     """SiLU(w . [s_0 .. s_{KS-2}, x]) on channels `ch`, rounded to x's dtype and returned in float32; the state
     rows shift in place to [s_1 .. s_{KS-2}, x]. Sums in the reference's order."""
     xv = tl.load(x_row + ch)
     acc = tl.zeros(ch.shape, tl.float32)
     for j in tl.static_range(KS - 1):
-        sj = tl.load(s_row + j * C + ch)
-        acc += sj.to(tl.float32) * tl.load(w + ch * KS + j).to(tl.float32)
-        if j > 0:
-            tl.store(s_row + (j - 1) * C + ch, sj)
+        acc += tl.load(s_row + j * C + ch).to(tl.float32) * tl.load(w + ch * KS + j).to(tl.float32)
     acc += xv.to(tl.float32) * tl.load(w + ch * KS + KS - 1).to(tl.float32)
+    # The shift. More threads than channels hold copies of each one, and threads of other warps run ahead: every
+    # load of the state rows must come before any store to them, or a late thread reads a row already shifted.
+    o_j = tl.arange(0, RB)  # the state's KS - 1 rows, padded to a power of two
+    keep = (o_j >= 1) & (o_j < KS - 1)
+    rows = tl.load(s_row + o_j[:, None] * C + ch[None, :], mask=keep[:, None], other=0.0)
+    tl.debug_barrier()
+    tl.store(s_row + (o_j[:, None] - 1) * C + ch[None, :], rows, mask=keep[:, None])
     tl.store(s_row + (KS - 2) * C + ch, xv.to(s_row.dtype.element_ty))
     return (acc * tl.sigmoid(acc)).to(xv.dtype).to(tl.float32)
 
@@ -41,7 +45,7 @@ def _conv_step(x_row, s_row, w, ch, C, KS: tl.constexpr):
 def _decode_step_kernel(
     P, p_stride, f, f_stride, u, u_stride, conv_w, conv_s, S_ptr, A_log, dt_bias, norm_w, y, off_b, off_w, off_a,
     scale, eps,
-    H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr, KS: tl.constexpr,
+    H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr, KS: tl.constexpr, RB: tl.constexpr,
     KIND: tl.constexpr, NEG: tl.constexpr, ABLATION: tl.constexpr, L2NORM: tl.constexpr, SIGMOID: tl.constexpr,
 ):
     i_n = tl.program_id(0).to(tl.int64)
@@ -53,8 +57,8 @@ def _decode_step_kernel(
     row = P + i_n * p_stride
     s_row = conv_s + i_n * (KS - 1) * C
 
-    q = _conv_step(row, s_row, conv_w, i_h * K + o_k, C, KS)
-    k = _conv_step(row, s_row, conv_w, H * K + i_h * K + o_k, C, KS)
+    q = _conv_step(row, s_row, conv_w, i_h * K + o_k, C, KS, RB)
+    k = _conv_step(row, s_row, conv_w, H * K + i_h * K + o_k, C, KS, RB)
     if L2NORM:
         q = q * tl.rsqrt(tsum(q * q, 0) + 1e-6)
         k = k * tl.rsqrt(tsum(k * k, 0) + 1e-6)
@@ -82,7 +86,7 @@ def _decode_step_kernel(
 
     for j in tl.static_range(G):
         i_hv = i_h * G + j
-        v = _conv_step(row, s_row, conv_w, 2 * H * K + i_hv * V + o_v, C, KS)
+        v = _conv_step(row, s_row, conv_w, 2 * H * K + i_hv * V + o_v, C, KS, RB)
         if KIND == 0:
             wv = tl.sigmoid(tl.load(row + off_w + i_hv * V + o_v).to(tl.float32)).to(dt)
             if ABLATION == 2:
@@ -141,7 +145,8 @@ def fused_decode_step(
             P, P.stride(0), P if f is None else f, 0 if f is None else f.stride(0), u, u.stride(0), conv_w, conv_state,
             state,
             A_log, dt_bias, norm_w, y, lay.off_b, lay.off_w, lay.off_a, scale, eps,
-            H=H, HV=HV, K=K, V=V, KS=KS, KIND=_KINDS[lay.kind], NEG=lay.neg_eigval,
+            H=H, HV=HV, K=K, V=V, KS=KS, RB=triton.next_power_of_2(KS - 1), KIND=_KINDS[lay.kind],
+            NEG=lay.neg_eigval,
             ABLATION=_ABLATIONS[lay.ablation], L2NORM=bool(use_qk_l2norm), SIGMOID=act == "sigmoid",
             num_warps=max(1, min(8, K * V // 2048)),
         )
