@@ -301,3 +301,26 @@ def whole_pass(model, requests) -> list[float]:
             lp = torch.log_softmax(model(torch.tensor([ctx + cont], device=device)).logits[0].double(), -1)
             out.append(sum(float(lp[len(ctx) - 1 + j, t]) for j, t in enumerate(cont)))
     return out
+
+
+def prefill_and_step_both(ref, fused, steps: int, before_steps=None):
+    """Prefill three prompts into both models, then `steps` greedy one-token steps on each cache, asserting that the
+    fused model's step logits are the reference's. `before_steps()` runs between prefill and the steps. Returns the
+    two caches (reference, fused) and the prompts."""
+    from gdn2_eval.generation import prefill
+
+    g = torch.Generator().manual_seed(10)
+    prompts = [torch.randint(4, 250, (n,), generator=g).tolist() for n in (5, 19, 12)]
+    cache_r, last_r = prefill(ref, prompts, 0, chunk_tokens=32)
+    cache_f, last_f = prefill(fused, prompts, 0, chunk_tokens=32)
+    torch.testing.assert_close(last_f, last_r, atol=3e-5, rtol=3e-5)
+    if before_steps is not None:
+        before_steps()
+    token = last_r.argmax(-1)
+    with torch.no_grad():
+        for _ in range(steps):
+            want = ref(token[:, None], past_key_values=cache_r, use_cache=True).logits[:, -1]
+            got = fused(token[:, None], past_key_values=cache_f, use_cache=True).logits[:, -1]
+            torch.testing.assert_close(got, want, atol=3e-5, rtol=3e-5)
+            token = want.argmax(-1)
+    return cache_r, cache_f, prompts

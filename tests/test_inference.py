@@ -24,7 +24,7 @@ from gdn2_eval.kernels.swiglu.naive import swiglu_ref
 from gdn2_eval.kernels.swiglu.swiglu import swiglu
 from gdn2_eval.model.layout import TokenLayout
 
-from conftest import tiny_model
+from conftest import prefill_and_step_both, tiny_model
 
 DTYPES = [torch.float32, torch.bfloat16]
 
@@ -260,18 +260,10 @@ def test_fused_decode_step_gives_the_reference_logits_and_states(kind, fields, m
     monkeypatch.setattr(FusedGDN2Mixer, "_fused_step", lambda self, *a: calls.append(1) or fused_step(self, *a))
     ref = tiny_model(kind, seed=9, **fields)
     fused = tiny_model(kind, seed=9, impl="inference", **{**fields, "kernel": "triton"})
-    g = torch.Generator().manual_seed(10)
-    prompts = [torch.randint(4, 250, (n,), generator=g).tolist() for n in (5, 19, 12)]
-    cache_r, last_r = prefill(ref, prompts, 0, chunk_tokens=32)
-    cache_f, last_f = prefill(fused, prompts, 0, chunk_tokens=32)
-    assert not calls  # prefill runs the chunked path
-    token = last_r.argmax(-1)
-    with torch.no_grad():
-        for _ in range(4):
-            want = ref(token[:, None], past_key_values=cache_r, use_cache=True).logits[:, -1]
-            got = fused(token[:, None], past_key_values=cache_f, use_cache=True).logits[:, -1]
-            torch.testing.assert_close(got, want, atol=3e-5, rtol=3e-5)
-            token = want.argmax(-1)
+    def prefill_ran_the_chunked_path():
+        assert not calls
+
+    cache_r, cache_f, prompts = prefill_and_step_both(ref, fused, 4, prefill_ran_the_chunked_path)
     assert len(calls) == 4 * sum(b.layer_type == "gdn2" for b in fused.layers)
     for lr, lf in zip(cache_r.layers, cache_f.layers):
         if "recurrent" in lr:

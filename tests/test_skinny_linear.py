@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from gdn2_eval.kernels.linear import skinny
 from gdn2_eval.kernels.linear.skinny import SkinnyConfig, decode_linear, skinny_linear
 
-from conftest import tiny_model
+from conftest import prefill_and_step_both, tiny_model
 
 CASES = [  # M, N, K, config
     (1, 70, 200, SkinnyConfig(block_n=16, block_k=64)),
@@ -75,8 +75,6 @@ def test_decode_linear_is_f_linear_without_pins(monkeypatch):
 
 
 def test_inference_model_steps_through_pinned_skinny_gemms_and_gives_the_reference_logits(monkeypatch):
-    from gdn2_eval.generation import prefill
-
     shapes = []
     run = skinny.skinny_linear
 
@@ -89,19 +87,7 @@ def test_inference_model_steps_through_pinned_skinny_gemms_and_gives_the_referen
                                                                                        split_k=1 + (N % 3)))
     ref = tiny_model("recurrent", seed=9)
     fused = tiny_model("recurrent", seed=9, impl="inference", kernel="triton")
-    g = torch.Generator().manual_seed(10)
-    prompts = [torch.randint(4, 250, (n,), generator=g).tolist() for n in (5, 19, 12)]
-    cache_r, last_r = prefill(ref, prompts, 0, chunk_tokens=32)
-    cache_f, last_f = prefill(fused, prompts, 0, chunk_tokens=32)
-    torch.testing.assert_close(last_f, last_r, atol=3e-5, rtol=3e-5)
-    shapes.clear()
-    token = last_r.argmax(-1)
-    with torch.no_grad():
-        for _ in range(2):
-            want = ref(token[:, None], past_key_values=cache_r, use_cache=True).logits[:, -1]
-            got = fused(token[:, None], past_key_values=cache_f, use_cache=True).logits[:, -1]
-            torch.testing.assert_close(got, want, atol=3e-5, rtol=3e-5)
-            token = want.argmax(-1)
+    prefill_and_step_both(ref, fused, 2, shapes.clear)  # count the steps' GEMMs only
     gdn2_layers = sum(b.layer_type == "gdn2" for b in fused.layers)
     # per mixer: w_in, the two branches' one GEMM, o_proj; per block: w12, w3; and the head
     assert len(shapes) == 2 * (3 * gdn2_layers + 2 * len(fused.layers) + 1)
