@@ -767,12 +767,10 @@ def bench_gemv(
         raise UserError(f"--rows: each one of {', '.join(map(str, ROW_BUCKETS))} (the row buckets the decode step "
                         f"looks up), got {rows!r}")
     _need_cuda("gemv")
-    import torch
-
     from .bench.gemv import main as gemv_main
+    from .bench.model import gpu_slug
 
-    gpu = torch.cuda.get_device_name().lower().replace("nvidia", "").split()[0]
-    dest = out or Path(f"results/bench/gemv_{gpu}.json")
+    dest = out or Path(f"results/bench/gemv_{gpu_slug()}.json")
     report = gemv_main(dest, preset, tuple(parsed), pin)
     faster = sum(r["faster"] for r in report["rows"])
     console.print(f"the Triton GEMM beat cuBLAS on {faster} of {len(report['rows'])} shapes; wrote {dest}"
