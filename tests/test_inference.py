@@ -147,10 +147,10 @@ def test_swiglu_kernel_matches_reference(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("act", ["silu", "sigmoid"])
+@pytest.mark.parametrize("act, block_v", [("silu", None), ("sigmoid", 4)])  # one program per head, and four
 @pytest.mark.parametrize("kind, neg, ablation, H, HV", GATE_CASES)
 def test_decode_step_kernel_matches_reference_and_updates_both_states_in_place(kind, neg, ablation, H, HV, act,
-                                                                                 dtype):
+                                                                                 block_v, dtype):
     g = torch.Generator().manual_seed(7)
     B, K, V, KS = 3, 16, 16, 4
     C = 2 * H * K + HV * V
@@ -169,7 +169,7 @@ def test_decode_step_kernel_matches_reference_and_updates_both_states_in_place(k
     ref_conv, ref_state = conv_state.clone(), state.clone()
     addresses = conv_state.data_ptr(), state.data_ptr()
     args = (A_log, dt_bias, norm_w, lay, 1e-5, act, K**-0.5, True)
-    y = fused_decode_step(P, f, u, conv_w, conv_state, state, *args)
+    y = fused_decode_step(P, f, u, conv_w, conv_state, state, *args, block_v=block_v)
     want = decode_step_ref(P, f, u, conv_w, ref_conv, ref_state, *args)
     assert y.dtype == dtype and y.shape == (B, HV * V)
     torch.testing.assert_close(y, want, **tol(dtype))
