@@ -22,6 +22,10 @@ from gdn2_eval.kernels.fla_configs import use_pinned_configs
 # (a no-op without CUDA); as in the loaders, before anything imports fla's kernels.
 use_pinned_configs()
 
+# Where tests of the project's own Triton kernels put their tensors: the interpreter reads CPU tensors, compiled
+# kernels only GPU ones.
+KERNEL_DEVICE = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" or not torch.cuda.is_available() else "cuda"
+
 
 def _one_launch_config() -> None:
     """GPU tests check numbers, not speed: every autotuned Triton kernel (fla's, for shapes and dtypes no pinned

@@ -1,8 +1,9 @@
 """The inference path (`gdn2_eval.inference`, `kernels/{conv,gates,norm,swiglu}`) against the reference.
 
-Each fused Triton kernel runs here under Triton's interpreter (conftest sets it without a GPU) and is held against its
-PyTorch reference on random inputs; the packed model is held against the reference model on the same weights for
-every gate kind, padding, state carry across chunks, the decode step and the saved checkpoint layout."""
+Each fused Triton kernel runs under Triton's interpreter on the CPU (conftest sets it without a GPU) and compiled on a
+GPU, and is held against its PyTorch reference on random inputs; the packed model is held against the reference model
+on the same weights for every gate kind, padding, state carry across chunks, the decode step and the saved checkpoint
+layout."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from gdn2_eval.kernels.swiglu.naive import swiglu_ref
 from gdn2_eval.kernels.swiglu.swiglu import swiglu
 from gdn2_eval.model.layout import TokenLayout
 
+from conftest import KERNEL_DEVICE as DEV
 from conftest import prefill_and_step_both, tiny_model
 
 DTYPES = [torch.float32, torch.bfloat16]
@@ -35,10 +37,10 @@ def tol(dtype):
 
 def packed_layout(lengths: list[int]) -> TokenLayout:
     T = max(lengths)
-    mask = torch.zeros(len(lengths), T, dtype=torch.long)
+    mask = torch.zeros(len(lengths), T, dtype=torch.long, device=DEV)
     for i, n in enumerate(lengths):
         mask[i, T - n :] = 1
-    return TokenLayout.build(len(lengths), T, mask, None, "torch", torch.device("cpu"), packed=True)
+    return TokenLayout.build(len(lengths), T, mask, None, "torch", torch.device(DEV), packed=True)
 
 
 # ---- kernels -----------------------------------------------------------------------------------------------------
@@ -50,11 +52,11 @@ def test_short_conv_varlen_kernel_matches_reference(dtype, with_state):
     lay = packed_layout(lengths)
     splits = (32, 32, 64)
     C = sum(splits)
-    P = torch.randn(lay.seq_index.numel(), C + 24, generator=g).to(dtype)  # the conv reads a column slice in place
+    P = torch.randn(lay.seq_index.numel(), C + 24, generator=g).to(DEV, dtype)  # the conv reads a column slice in place
     x = P[:, :C]
-    weight = torch.randn(C, 4, generator=g).to(dtype)
-    rows = torch.tensor([3, 0, 4, 1, 6])  # cache rows of the sequences, not in order
-    state = torch.randn(7, 3, C, generator=g).to(dtype) if with_state else None
+    weight = torch.randn(C, 4, generator=g).to(DEV, dtype)
+    rows = torch.tensor([3, 0, 4, 1, 6], device=DEV)  # cache rows of the sequences, not in order
+    state = torch.randn(7, 3, C, generator=g).to(DEV, dtype) if with_state else None
     args = (x, weight, lay.cu_seqlens, lay.seq_index, lay.pos_in_call, state, rows if with_state else None, splits)
     outs, new_state = short_conv_varlen(*args)
     ref_outs, ref_state = short_conv_varlen_ref(x, weight, lay.cu_seqlens, state, rows if with_state else None,
@@ -70,9 +72,9 @@ def test_short_conv_step_kernel_matches_reference_and_updates_state_in_place(dty
     g = torch.Generator().manual_seed(1)
     splits = (16, 16, 32)
     C = sum(splits)
-    x = torch.randn(5, C + 8, generator=g).to(dtype)[:, :C]
-    weight = torch.randn(C, 4, generator=g).to(dtype)
-    state = torch.randn(5, 3, C, generator=g).to(dtype)
+    x = torch.randn(5, C + 8, generator=g).to(DEV, dtype)[:, :C]
+    weight = torch.randn(C, 4, generator=g).to(DEV, dtype)
+    state = torch.randn(5, 3, C, generator=g).to(DEV, dtype)
     ref_state = state.clone()
     address = state.data_ptr()
     outs = short_conv_step(x, weight, state, splits)
@@ -99,12 +101,12 @@ def test_gates_kernel_matches_reference(kind, neg, ablation, H, HV, dtype):
     g = torch.Generator().manual_seed(2)
     K = V = 16
     T = 37
-    P = (3 * torch.randn(T, 400, generator=g)).to(dtype)
-    f = (3 * torch.randn(T, H * K + 5, generator=g)).to(dtype)[:, : H * K] if kind != "gdn" else None
+    P = (3 * torch.randn(T, 400, generator=g)).to(DEV, dtype)
+    f = (3 * torch.randn(T, H * K + 5, generator=g)).to(DEV, dtype)[:, : H * K] if kind != "gdn" else None
     lay = GateLayout(kind, H, HV, K, V, off_b=7, off_w=7 + H * K if kind == "gdn2" else 0,
                      off_a=300 if kind == "gdn" else 0, neg_eigval=neg, ablation=ablation)
-    A_log = torch.randn(H, generator=g).to(dtype)
-    dt_bias = torch.randn(H if kind == "gdn" else H * K, generator=g).to(dtype)
+    A_log = torch.randn(H, generator=g).to(DEV, dtype)
+    dt_bias = torch.randn(H if kind == "gdn" else H * K, generator=g).to(DEV, dtype)
     got = gdn2_gates(P, f, A_log, dt_bias, lay)
     want = gdn2_gates_ref(P, f, A_log, dt_bias, lay)
     assert got[0].dtype == torch.float32
@@ -117,9 +119,9 @@ def test_gates_kernel_matches_reference(kind, neg, ablation, H, HV, dtype):
 @pytest.mark.parametrize("with_residual", [False, True])
 def test_add_rms_norm_kernel_matches_reference(dtype, with_residual):
     g = torch.Generator().manual_seed(3)
-    x = torch.randn(11, 72, generator=g).to(dtype)  # D not a power of two
-    y = torch.randn(11, 72, generator=g).to(dtype) if with_residual else None
-    w = torch.randn(72, generator=g).to(dtype)
+    x = torch.randn(11, 72, generator=g).to(DEV, dtype)  # D not a power of two
+    y = torch.randn(11, 72, generator=g).to(DEV, dtype) if with_residual else None
+    w = torch.randn(72, generator=g).to(DEV, dtype)
     ref_s, ref_h = add_rms_norm_ref(x.clone(), y, w, 1e-5)
     s, h = add_rms_norm(x, y, w, 1e-5)
     # the residual is rounded once, as the reference rounds it (exact on a GPU; the interpreter's bf16 cast rounds
@@ -133,16 +135,17 @@ def test_add_rms_norm_kernel_matches_reference(dtype, with_residual):
 @pytest.mark.parametrize("u_in_wider_rows", [False, True])
 def test_gated_rms_norm_kernel_matches_reference(dtype, act, u_in_wider_rows):
     g = torch.Generator().manual_seed(4)
-    o = torch.randn(13, 3, 32, generator=g).to(dtype)
+    o = torch.randn(13, 3, 32, generator=g).to(DEV, dtype)
     # the decode step's u is the right half of the two gate branches' one GEMM output
-    u = torch.randn(13, 96 + 40, generator=g).to(dtype)[:, 40:] if u_in_wider_rows else torch.randn(13, 96).to(dtype)
-    w = torch.randn(32, generator=g).to(dtype)
+    wide = torch.randn(13, 96 + 40, generator=g).to(DEV, dtype)
+    u = wide[:, 40:] if u_in_wider_rows else torch.randn(13, 96).to(DEV, dtype)
+    w = torch.randn(32, generator=g).to(DEV, dtype)
     torch.testing.assert_close(gated_rms_norm(o, u, w, 1e-5, act), gated_rms_norm_ref(o, u, w, 1e-5, act), **tol(dtype))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_swiglu_kernel_matches_reference(dtype):
-    ab = torch.randn(9, 2 * 150, generator=torch.Generator().manual_seed(5)).to(dtype)
+    ab = torch.randn(9, 2 * 150, generator=torch.Generator().manual_seed(5)).to(DEV, dtype)
     torch.testing.assert_close(swiglu(ab), swiglu_ref(ab), **tol(dtype))
 
 
@@ -157,15 +160,15 @@ def test_decode_step_kernel_matches_reference_and_updates_both_states_in_place(k
     off_b = C + 5
     lay = GateLayout(kind, H, HV, K, V, off_b=off_b, off_w=off_b + H * K if kind == "gdn2" else 0,
                      off_a=off_b + H if kind == "gdn" else 0, neg_eigval=neg, ablation=ablation)
-    P = (2 * torch.randn(B, off_b + H * K + HV * V + 3, generator=g)).to(dtype)
-    f = (2 * torch.randn(B, H * K + 5, generator=g)).to(dtype)[:, : H * K] if kind != "gdn" else None
-    u = torch.randn(B, HV * V + 7, generator=g).to(dtype)[:, 7:]  # a slice of a wider GEMM's rows, as the model has
-    conv_w = (0.5 * torch.randn(C, KS, generator=g)).to(dtype)
-    conv_state = torch.randn(B, KS - 1, C, generator=g).to(dtype)
-    state = torch.randn(B, HV, K, V, generator=g)
-    A_log = (0.5 * torch.randn(H, generator=g)).to(dtype)
-    dt_bias = torch.randn(H if kind == "gdn" else H * K, generator=g).to(dtype)
-    norm_w = (1 + 0.1 * torch.randn(V, generator=g)).to(dtype)
+    P = (2 * torch.randn(B, off_b + H * K + HV * V + 3, generator=g)).to(DEV, dtype)
+    f = (2 * torch.randn(B, H * K + 5, generator=g)).to(DEV, dtype)[:, : H * K] if kind != "gdn" else None
+    u = torch.randn(B, HV * V + 7, generator=g).to(DEV, dtype)[:, 7:]  # a slice of a wider GEMM's rows, as in the model
+    conv_w = (0.5 * torch.randn(C, KS, generator=g)).to(DEV, dtype)
+    conv_state = torch.randn(B, KS - 1, C, generator=g).to(DEV, dtype)
+    state = torch.randn(B, HV, K, V, generator=g).to(DEV)
+    A_log = (0.5 * torch.randn(H, generator=g)).to(DEV, dtype)
+    dt_bias = torch.randn(H if kind == "gdn" else H * K, generator=g).to(DEV, dtype)
+    norm_w = (1 + 0.1 * torch.randn(V, generator=g)).to(DEV, dtype)
     ref_conv, ref_state = conv_state.clone(), state.clone()
     addresses = conv_state.data_ptr(), state.data_ptr()
     args = (A_log, dt_bias, norm_w, lay, 1e-5, act, K**-0.5, True)
@@ -181,13 +184,16 @@ def test_decode_step_kernel_matches_reference_and_updates_both_states_in_place(k
 
 def test_decode_step_kernel_names_a_bad_state():
     lay = GateLayout("gdn2", 2, 2, 16, 16, off_b=96, off_w=128, off_a=0)
-    P, u = torch.randn(2, 200), torch.randn(2, 32)
-    conv_w, conv = torch.randn(96, 4), torch.randn(2, 3, 96)
-    args = (torch.zeros(2), torch.zeros(32), torch.ones(16), lay, 1e-5, "silu", 0.25, True)
+
+    def rand(*shape):
+        return torch.randn(*shape, device=DEV)
+
+    P, f, u, conv_w, conv = rand(2, 200), rand(2, 32), rand(2, 32), rand(96, 4), rand(2, 3, 96)
+    args = (rand(2), rand(32), rand(16), lay, 1e-5, "silu", 0.25, True)
     with pytest.raises(ValueError, match="state must be contiguous float32"):
-        fused_decode_step(P, torch.randn(2, 32), u, conv_w, conv, torch.randn(2, 2, 16, 16).double(), *args)
+        fused_decode_step(P, f, u, conv_w, conv, rand(2, 2, 16, 16).double(), *args)
     with pytest.raises(ValueError, match="conv state"):
-        fused_decode_step(P, torch.randn(2, 32), u, conv_w, conv[:, :2], torch.randn(2, 2, 16, 16), *args)
+        fused_decode_step(P, f, u, conv_w, conv[:, :2], rand(2, 2, 16, 16), *args)
 
 
 # ---- the model ---------------------------------------------------------------------------------------------------
@@ -204,9 +210,9 @@ MODEL_CASES = [
 
 @pytest.mark.parametrize("kind, fields", MODEL_CASES)
 def test_inference_model_gives_the_reference_logits(kind, fields):
-    ref = tiny_model(kind, seed=3, **fields)
-    fused = tiny_model(kind, seed=3, impl="inference", **fields)
-    ids = torch.randint(4, 250, (3, 45))
+    ref = tiny_model(kind, seed=3, **fields).to(DEV)
+    fused = tiny_model(kind, seed=3, impl="inference", **fields).to(DEV)
+    ids = torch.randint(4, 250, (3, 45)).to(DEV)
     mask = torch.ones_like(ids)
     mask[1, :20] = 0  # left padding
     mask[2, 40:] = 0  # right padding
@@ -218,8 +224,8 @@ def test_inference_model_gives_the_reference_logits(kind, fields):
 
 @pytest.mark.parametrize("kind", ["recurrent", "hybrid"])
 def test_inference_model_carries_the_reference_state_and_decodes_the_same_tokens(kind):
-    ref = tiny_model(kind, seed=5)
-    fused = tiny_model(kind, seed=5, impl="inference")
+    ref = tiny_model(kind, seed=5).to(DEV)
+    fused = tiny_model(kind, seed=5, impl="inference").to(DEV)
     g = torch.Generator().manual_seed(6)
     prompts = [torch.randint(4, 250, (n,), generator=g).tolist() for n in (3, 30, 17)]
     # a prefill in several chunks (8 tokens per forward), then the cache contents against the reference's
@@ -258,8 +264,8 @@ def test_fused_decode_step_gives_the_reference_logits_and_states(kind, fields, m
     calls = []
     fused_step = FusedGDN2Mixer._fused_step
     monkeypatch.setattr(FusedGDN2Mixer, "_fused_step", lambda self, *a: calls.append(1) or fused_step(self, *a))
-    ref = tiny_model(kind, seed=9, **fields)
-    fused = tiny_model(kind, seed=9, impl="inference", **{**fields, "kernel": "triton"})
+    ref = tiny_model(kind, seed=9, **fields).to(DEV)
+    fused = tiny_model(kind, seed=9, impl="inference", **{**fields, "kernel": "triton"}).to(DEV)
     def prefill_ran_the_chunked_path():
         assert not calls
 
@@ -286,8 +292,8 @@ def test_inference_model_saves_the_reference_checkpoint_layout(tmp_path):
     assert got.keys() == want.keys()
     assert all(torch.equal(got[k], want[k]) for k in want)
     fused.save_pretrained(tmp_path / "saved")
-    loaded = GDN2ForCausalLM.from_pretrained(tmp_path / "saved").eval()
-    ids = torch.randint(4, 250, (1, 30))
+    loaded = GDN2ForCausalLM.from_pretrained(tmp_path / "saved").eval().to(DEV)
+    fused, ids = fused.to(DEV), torch.randint(4, 250, (1, 30)).to(DEV)
     with torch.no_grad():
         torch.testing.assert_close(loaded(ids).logits, fused(ids).logits, atol=3e-5, rtol=3e-5)
     assert not any("w_in" in k or "w12" in k for k in loaded.state_dict())

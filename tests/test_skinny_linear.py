@@ -1,5 +1,6 @@
-"""The few-row GEMM of the decode step (`kernels/linear/skinny.py`) against `F.linear`, under Triton's interpreter,
-and its per-GPU configurations: taken only where pinned, by the inference model's step."""
+"""The few-row GEMM of the decode step (`kernels/linear/skinny.py`) against `F.linear` (under Triton's interpreter
+on the CPU, compiled on a GPU), and its per-GPU configurations: taken only where pinned, by the inference model's
+step."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch.nn.functional as F
 from gdn2_eval.kernels.linear import skinny
 from gdn2_eval.kernels.linear.skinny import SkinnyConfig, decode_linear, skinny_linear
 
+from conftest import KERNEL_DEVICE as DEV
 from conftest import prefill_and_step_both, tiny_model
 
 CASES = [  # M, N, K, config
@@ -26,9 +28,9 @@ CASES = [  # M, N, K, config
 @pytest.mark.parametrize("M, N, K, config", CASES)
 def test_skinny_linear_matches_f_linear(M, N, K, config, with_bias, dtype):
     g = torch.Generator().manual_seed(M + N)
-    x = torch.randn(M, K + 9, generator=g).to(dtype)[:, 9:]  # rows a slice of a wider activation, as in the step
-    w = torch.randn(N, K, generator=g).to(dtype)
-    b = torch.randn(N, generator=g).to(dtype) if with_bias else None
+    x = torch.randn(M, K + 9, generator=g).to(DEV, dtype)[:, 9:]  # rows a slice of a wider activation, as in the step
+    w = torch.randn(N, K, generator=g).to(DEV, dtype)
+    b = torch.randn(N, generator=g).to(DEV, dtype) if with_bias else None
     y = skinny_linear(x, w, b, config)
     want = F.linear(x.float(), w.float(), None if b is None else b.float())
     assert y.shape == (M, N) and y.dtype == dtype and y.is_contiguous()
@@ -40,7 +42,7 @@ def test_skinny_linear_matches_f_linear(M, N, K, config, with_bias, dtype):
 
 def test_skinny_linear_is_the_same_on_every_run():
     g = torch.Generator().manual_seed(0)
-    x, w = torch.randn(3, 300, generator=g), torch.randn(20, 300, generator=g)
+    x, w = torch.randn(3, 300, generator=g).to(DEV), torch.randn(20, 300, generator=g).to(DEV)
     cfg = SkinnyConfig(block_n=16, block_k=32, split_k=4)
     assert torch.equal(skinny_linear(x, w, None, cfg), skinny_linear(x, w, None, cfg))
 
@@ -85,8 +87,8 @@ def test_inference_model_steps_through_pinned_skinny_gemms_and_gives_the_referen
     monkeypatch.setattr(skinny, "skinny_linear", counted)
     monkeypatch.setattr(skinny, "pinned_config", lambda M, N, K, device: SkinnyConfig(block_n=16, block_k=32,
                                                                                        split_k=1 + (N % 3)))
-    ref = tiny_model("recurrent", seed=9)
-    fused = tiny_model("recurrent", seed=9, impl="inference", kernel="triton")
+    ref = tiny_model("recurrent", seed=9).to(DEV)
+    fused = tiny_model("recurrent", seed=9, impl="inference", kernel="triton").to(DEV)
     prefill_and_step_both(ref, fused, 2, shapes.clear)  # count the steps' GEMMs only
     gdn2_layers = sum(b.layer_type == "gdn2" for b in fused.layers)
     # per mixer: w_in, the two branches' one GEMM, o_proj; per block: w12, w3; and the head
