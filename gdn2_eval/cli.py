@@ -159,6 +159,8 @@ def info(
         f"{s.state_bytes_per_sequence(2) / 2**20:.2f} MiB (bf16 model), independent of context length",
     )
     table.add_row("kernel", f"{s.kernel} (config kernel={config.kernel!r}; override with $GDN2_KERNEL)")
+    if s.step_kernel != s.kernel:
+        table.add_row("decode step", f"{s.step_kernel} (the inference path's fused one-token step)")
     table.add_row("gates", config.gates)
     table.add_row("output gate / ablation", f"{config.output_gate_act} / {config.gate_ablation}")
     console.print(table)

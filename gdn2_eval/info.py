@@ -30,6 +30,7 @@ class ModelSummary:
     non_embedding_params: int
     layers: list[LayerState] = field(default_factory=list)
     kernel: str = "torch"
+    step_kernel: str = "torch"  # the inference path's one-token step (`auto` may take the fused decode step there)
 
     def state_bytes_per_sequence(self, dtype_bytes: int = 2) -> int:
         return sum(s.recurrent_floats * 4 + (s.conv_values + s.window_values) * dtype_bytes for s in self.layers)
@@ -85,4 +86,5 @@ def summarise(name: str, config: GDN2Config, device: str | torch.device = "cpu")
         non_embedding_params=blocks,
         layers=layers,
         kernel=resolve_backend(config.kernel, device),
+        step_kernel=resolve_backend(config.kernel, device, fused_step=True),
     )

@@ -92,13 +92,15 @@ def describe_model(model: torch.nn.Module, path: str) -> dict[str, Any]:
     }
     if isinstance(config, GDN2Config):
         s = summarise(desc["name"], config, first.device)
+        # reference: the readable model; inference: packed weights and fused kernels (`gdn2_eval.inference`)
+        impl = "inference" if type(model).__name__ == "GDN2InferenceForCausalLM" else "reference"
         desc.update(
             family=s.family,
             layout=s.layout,
             non_embedding_parameters=s.non_embedding_params,
             kernel=s.kernel,
-            # reference: the readable model; inference: packed weights and fused kernels (`gdn2_eval.inference`)
-            impl="inference" if type(model).__name__ == "GDN2InferenceForCausalLM" else "reference",
+            impl=impl,
+            decode_kernel=s.step_kernel if impl == "inference" else s.kernel,
             state_bytes_per_sequence=s.state_bytes_per_sequence(first.element_size()),
             gate_ablation=config.gate_ablation,
             gates=config.gates,

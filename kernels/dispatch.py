@@ -9,6 +9,9 @@ Backends:
 ``auto`` takes the best available for the device: on CUDA fla's kernels first, then ours, then PyTorch. Our
 kernels pass their correctness tests (CPU interpreter and GPU) but are not yet faster than fla at the benchmark
 shapes (see ``results/bench/kernels_h100.json``), so ``auto`` prefers them only once ``TRITON_PREFERRED`` is set.
+The inference path's one-token step is the exception (``STEP_TRITON_PREFERRED``): there ``auto`` takes the fused
+decode step, which is faster than fla's recurrence plus the separate conv, gates and norm kernels on both GPUs
+measured (``results/bench/model_h100.json``, ``decode_sweep_h200.json``).
 A request comes from the model config (``kernel``) and can be overridden without touching the config through the
 ``GDN2_KERNEL`` environment variable.
 """
@@ -31,6 +34,9 @@ RECURRENT_MAX_T = 16
 # Whether `auto` on CUDA puts this project's kernels before fla's. Set only when they are both correct and not
 # slower than fla at every benchmark shape (`gdn2-eval bench kernels`); until then they are selectable by name.
 TRITON_PREFERRED = False
+# Whether `auto` on CUDA takes this project's kernels for the inference path's one-token step (the fused decode step,
+# `kernels/decode`): 0.90-0.97x fla's step time at batch 1-64 on the H100 and the H200.
+STEP_TRITON_PREFERRED = True
 
 
 def triton_runs_on(device: torch.device | str) -> bool:
@@ -65,13 +71,17 @@ def available_backends(device: torch.device | str) -> list[str]:
     return [name for name in _cuda_preference() if ready[name]]
 
 
-def resolve_backend(requested: str | None, device: torch.device | str) -> str:
-    """Turn a request (config field, maybe overridden by $GDN2_KERNEL) into a concrete backend for `device`."""
+def resolve_backend(requested: str | None, device: torch.device | str, fused_step: bool = False) -> str:
+    """Turn a request (config field, maybe overridden by $GDN2_KERNEL) into a concrete backend for `device`.
+    `fused_step`: for the inference path's one-token step, where `auto` may choose differently."""
     choice = (os.environ.get(ENV_VAR) or requested or "auto").lower()
     if choice not in BACKENDS:
         raise ValueError(f"unknown GDN-2 kernel {choice!r}; choose one of {', '.join(BACKENDS)}")
     usable = available_backends(device)
     if choice == "auto":
+        on_cuda = torch.device(device).type == "cuda"
+        if fused_step and STEP_TRITON_PREFERRED and on_cuda and "triton" in usable:
+            return "triton"
         return usable[0]
     if choice not in usable:
         why = "needs a CUDA device" if torch.device(device).type != "cuda" else "is not installed"

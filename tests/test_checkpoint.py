@@ -163,6 +163,23 @@ def test_kernel_can_be_forced_by_environment(monkeypatch):
         resolve_backend("auto", "cpu")
 
 
+def test_auto_takes_the_fused_decode_step_on_cuda_and_fla_elsewhere_in_the_forward(monkeypatch):
+    """`auto` on CUDA: fla's kernels for the forward, the project's fused step for the inference path's one-token
+    step; a named kernel is taken for both. (Which backends are usable is decided by what is installed, so this is
+    asked for a CUDA device without one.)"""
+    from gdn2_eval.kernels import dispatch
+
+    monkeypatch.delenv("GDN2_KERNEL", raising=False)
+    monkeypatch.setattr(dispatch, "available_backends", lambda device: ["fla", "triton", "torch"])
+    assert dispatch.resolve_backend("auto", "cuda") == "fla"
+    assert dispatch.resolve_backend("auto", "cuda", fused_step=True) == "triton"
+    assert dispatch.resolve_backend("fla", "cuda", fused_step=True) == "fla"
+    monkeypatch.setattr(dispatch, "available_backends", lambda device: ["fla", "torch"])  # no Triton
+    assert dispatch.resolve_backend("auto", "cuda", fused_step=True) == "fla"
+    monkeypatch.setattr(dispatch, "available_backends", lambda device: ["torch", "triton"])  # the interpreter
+    assert dispatch.resolve_backend("auto", "cpu", fused_step=True) == "torch"
+
+
 def test_training_style_config_with_float_counts_and_neutral_fields_loads_the_same(tmp_path):
     """A config JSON as a training run writes it: integral values as floats and fields that leave the architecture
     unchanged. It loads to the same logits as the plain one; a fractional count, or a field at a value that would

@@ -73,12 +73,18 @@ def test_compiled_decode_step_matches_its_reference_at_model_shapes():
     assert rel_err(y, want) < 1e-2  # bf16 output of a norm over sums taken in another order
 
 
-def test_graph_captured_fused_step_decodes_the_reference_tokens():
+@pytest.mark.parametrize("kernel", ["triton", "auto"])  # `auto` prefills with fla's kernels, steps with the fused one
+def test_graph_captured_fused_step_decodes_the_reference_tokens(kernel, monkeypatch):
     from gdn2_eval.generation import greedy_generate
+    from gdn2_eval.inference.model import FusedGDN2Mixer
 
+    calls = []
+    fused_step = FusedGDN2Mixer._fused_step
+    monkeypatch.setattr(FusedGDN2Mixer, "_fused_step", lambda self, *a: calls.append(1) or fused_step(self, *a))
     ref = tiny_model("recurrent", seed=5).cuda()
-    fused = tiny_model("recurrent", seed=5, impl="inference", kernel="triton").cuda()
+    fused = tiny_model("recurrent", seed=5, impl="inference", kernel=kernel).cuda()
     g = torch.Generator().manual_seed(6)
     prompts = [torch.randint(4, 250, (n,), generator=g).tolist() for n in (3, 300, 70)]
     want = greedy_generate(ref, prompts, 16, cuda_graph=False)
     assert greedy_generate(fused, prompts, 16, cuda_graph=True) == want
+    assert calls  # traced into the captured graph

@@ -300,8 +300,8 @@ class GDN2InferenceForCausalLM(GDN2PreTrainedModel, GenerationMixin):
             cache = self.new_cache(B)
         mask = None if attention_mask is None else attention_mask[:, -T:]
         past_lens = None if cache is None or cache.seen_columns == 0 else cache.seq_lens
-        backend = resolve_backend(self.config.kernel, x.device)
         step = cache is not None and T == 1 and mask is None and cache.seen_columns > 0
+        backend = resolve_backend(self.config.kernel, x.device, fused_step=step)
         layout = TokenLayout.build(B, T, mask, past_lens, backend, x.device, packed=not step)
         ops = fused_ops(x.device)
         if cache is not None and "recurrent" not in cache.layers[self._first_gdn2]:
