@@ -78,13 +78,13 @@ def resolve_backend(requested: str | None, device: torch.device | str, fused_ste
     if choice not in BACKENDS:
         raise ValueError(f"unknown GDN-2 kernel {choice!r}; choose one of {', '.join(BACKENDS)}")
     usable = available_backends(device)
+    on_cuda = torch.device(device).type == "cuda"
     if choice == "auto":
-        on_cuda = torch.device(device).type == "cuda"
         if fused_step and STEP_TRITON_PREFERRED and on_cuda and "triton" in usable:
             return "triton"
         return usable[0]
     if choice not in usable:
-        why = "needs a CUDA device" if torch.device(device).type != "cuda" else "is not installed"
+        why = "is not installed" if on_cuda else "needs a CUDA device"
         raise ValueError(f"GDN-2 kernel {choice!r} {why}; available here: {', '.join(usable)}")
     return choice
 
