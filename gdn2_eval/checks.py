@@ -88,6 +88,20 @@ def writable_file(option: str, path: Path | None) -> None:
     _parent_not_a_file(option, path)
 
 
+def bench_report(option: str, path: Path) -> None:
+    """A bench report to resume: absent (nothing to keep), or a JSON object with its cells."""
+    if not Path(path).exists():
+        return
+    import json
+
+    try:
+        report = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{option} {path}: not a bench report to resume ({type(e).__name__})") from None
+    if not isinstance(report, dict) or not isinstance(report.get("cells"), dict):
+        raise UserError(f"{option} {path}: not a bench report to resume (no cells)")
+
+
 def writable_dir(option: str, path: Path | None) -> None:
     """An output directory: not an existing file, and not below one."""
     if path is None:

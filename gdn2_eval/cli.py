@@ -799,6 +799,8 @@ def bench_ruler(
     profile_cells: Annotated[str | None, typer.Option(help="Cells to profile with and without prefix sharing "
                                                       "(torch.profiler tables beside --out), e.g. "
                                                       "niah_single_1@1k,niah_multikey_1@2k.")] = None,
+    resume: Annotated[bool, typer.Option(help="Keep the cells already in --out (an earlier run of the same model, "
+                                         "GPU and sizes, cut short) and run only the others.")] = False,
 ) -> None:
     """The RULER grid through the gdn2 backend and lm-eval's stock hf backend on the same prompts."""
     from .names import check_name
@@ -814,13 +816,15 @@ def bench_ruler(
     cells = checks.ruler_cells("--profile-cells", profile_cells, lengths)
     if cells and not share_compare:
         raise UserError("--profile-cells profiles each cell with and without prefix sharing: drop --no-share-compare")
+    if resume:
+        checks.bench_report("--out", out)
     _need_cuda("ruler")
     from .bench.ruler import main as bench_main
 
     bench_main(_bench_argv(out=out, samples=samples, lengths=lengths, model=model, preset=preset, impl=impl,
                            long_length=long_length, dump_fla_configs=dump_fla_configs,
                            profile_cells=",".join(cells) or None)
-               + ([] if share_compare else ["--no-share-compare"]))
+               + ([] if share_compare else ["--no-share-compare"]) + (["--resume"] if resume else []))
 
 
 @bench_app.command("backend")

@@ -38,3 +38,26 @@ def test_bench_compares_the_backends_cell_by_cell_and_saves_after_each_step(tmp_
     for mode in ("on", "off"):
         assert profile[mode]["wall_s"] > 0 and profile[mode]["eager_forwards"] > 0
         assert "aten::" in (tmp_path / "profiles" / profile[mode]["table"]).read_text()
+
+
+def test_a_resumed_bench_keeps_the_earlier_cells_and_runs_only_the_others(tmp_path):
+    import pytest
+
+    from gdn2_eval.bench.ruler import ResumeMismatch, bench
+
+    bpe_tokenizer(600).save_pretrained(tmp_path / "tok")
+    model = tiny_model("recurrent", vocab_size=640)
+    sizes = dict(batch_size=2, hf_batch_size=2, long_length=0, hf_budget_s=1e9, share_compare=False)
+    first = bench(model, tmp_path / "tok", samples=2, grid={"niah_single_1": [768]}, save=lambda r: None, **sizes)
+    earlier = json.loads(json.dumps(first))
+    saved = []
+    report = bench(model, tmp_path / "tok", samples=2, grid={"niah_single_1": [768], "niah_multikey_1": [768]},
+                   save=lambda r: saved.append(json.loads(json.dumps(r))), previous=earlier, **sizes)
+    assert list(report["cells"]) == ["niah_single_1@768", "niah_multikey_1@768"]
+    assert report["cells"]["niah_single_1@768"] == earlier["cells"]["niah_single_1@768"]  # kept, not rerun
+    assert report["resumed_cells"] == 1 and report["earlier_commands"] == [earlier["command"]]
+    assert [len(r["cells"]) for r in saved] == [2]  # one new cell run and saved
+    assert report["cells_with_both"] == 2  # the totals count the kept cell too
+    with pytest.raises(ResumeMismatch, match="samples_per_cell"):
+        bench(model, tmp_path / "tok", samples=3, grid={"niah_single_1": [768]}, save=lambda r: None,
+              previous=earlier, **sizes)

@@ -226,6 +226,7 @@ def _bad_cases(tmp: Path) -> list[tuple[list[str], str]]:
         (["bench", "ruler", "--model", "nosuch/model", "--out", out], "cannot be reached"),
         (["bench", "ruler", "--impl", "fast", "--out", out], "--impl"),
         (["bench", "ruler", "--long-length", "-1", "--out", out], "--long-length"),
+        (["bench", "ruler", "--resume", "--out", a_file], "not a bench report to resume"),
         (["bench", "backend", "--models", "gdn2_7B", "--out", out], "--models"),
         (["bench", "backend", "--limit", "0", "--out", out], "--limit"),
         (["bench", "backend", "--impl", "fast", "--out", out], "--impl"),

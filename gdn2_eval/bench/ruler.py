@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from ..errors import UserError
 from ..results_store import atomic_write
 
 GEN = {"until": [], "max_gen_toks": 128, "do_sample": False, "temperature": 0.0}
@@ -47,13 +48,15 @@ def timed(fn) -> tuple[float, Any]:
 def bench(model, tok_dir: Path, *, samples: int, batch_size: int, hf_batch_size: int, long_length: int,
           hf_budget_s: float, save, grid: dict[str, list[int]] | None = None,
           label: str | None = None, impl: str = "auto", share_compare: bool = True,
-          profile_cells: tuple[str, ...] = (), profile_dir: Path | None = None) -> dict[str, Any]:
-    """The long sample (skipped when `long_length` is 0), then the comparison over `grid` (default: the paper's;
-    skipped when `samples` is 0). `save(report)` is called after every step, so a run cut short by a time limit
-    keeps what it measured. The `gdn2` backend runs `model` on the `impl` path; the stock backend runs it as given.
-    With `share_compare`, each cell also runs through the gdn2 backend without prefix sharing (`gdn2_noshare_s`);
-    the cells named in `profile_cells` (`task@length`) then run once more each way under `torch.profiler`, its
-    tables written to `profile_dir`."""
+          profile_cells: tuple[str, ...] = (), profile_dir: Path | None = None,
+          previous: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The long sample (skipped when `long_length` is 0), then the comparison over `grid` (default: the paper's; skipped
+    when `samples` is 0). With `previous` (the report of an earlier run of the same bench, cut short), its long sample
+    and cells are kept and only the others run. `save(report)` is called after every step, so a run cut short by a
+    time limit keeps what it measured. The `gdn2` backend runs `model` on the `impl` path; the stock backend runs it
+    as given. With `share_compare`, each cell also runs through the gdn2 backend without prefix sharing
+    (`gdn2_noshare_s`); the cells named in `profile_cells` (`task@length`) then run once more each way under
+    `torch.profiler`, its tables written to `profile_dir`."""
     from ..lm_backend import GDN2LM
     from ..ruler import PAPER_GRID, load_tokenizer
     from .backend import for_ours
@@ -72,12 +75,53 @@ def bench(model, tok_dir: Path, *, samples: int, batch_size: int, hf_batch_size:
                    for mode in ("on", "off")) if share_compare else None
     report["gdn2_impl"] = ours.protocol()["impl"]
     report["backend_path"] = ours.path_record()
-    if long_length:  # first: it is short, and a run cut off by a time limit still has it
+    if previous is not None:
+        resume(report, previous, long_length)
+    # first: it is short, and a run cut off by a time limit still has it (a resumed run may have it already)
+    if long_length and report.get("long_sample", {}).get("length") != long_length:
         long_sample(report, tok, ours, long_length, save)
     if samples:
         compare(report, model, fast, tok, tok_dir, ours, samples, hf_batch_size, hf_budget_s, save,
                 PAPER_GRID if grid is None else grid, forced, profile_cells, profile_dir)
     return report
+
+
+# what must match for an earlier report's cells to stand beside this run's
+RESUME_KEYS = ("device", "model", "kernel", "samples_per_cell", "gdn2_batch_size", "hf_batch_size", "gdn2_impl")
+
+
+class ResumeMismatch(UserError):
+    """The earlier report was not made by the same bench (model, GPU, samples, batch sizes)."""
+
+
+def resume(report: dict[str, Any], previous: dict[str, Any], long_length: int) -> None:
+    """Carry an earlier run's long sample (when of `long_length`) and cells into `report`."""
+    differ = [k for k in RESUME_KEYS if previous.get(k) != report.get(k)]
+    if differ:
+        k = differ[0]
+        raise ResumeMismatch(f"cannot resume: the earlier report has {k} {previous.get(k)!r}, this run "
+                             f"{report.get(k)!r}")
+    report["earlier_commands"] = [*previous.get("earlier_commands", []), previous.get("command")]
+    if long_length and previous.get("long_sample", {}).get("length") == long_length:
+        report["long_sample"] = previous["long_sample"]
+    for key in ("cells", "decode_check", "sample_generation_s"):
+        if key in previous:
+            report[key] = previous[key]
+    report["resumed_cells"] = len(report["cells"])
+
+
+def totals(report: dict[str, Any]) -> None:
+    """The grid's totals over the cells so far (kept current, so a run cut short has them)."""
+    cells = report["cells"].values()
+    both = [c for c in cells if "hf_s" in c]
+    report["cells_with_both"] = len(both)
+    report["speedup_on_those_cells"] = sum(c["hf_s"] for c in both) / max(1e-9, sum(c["gdn2_s"] for c in both))
+    shared = [c for c in cells if "gdn2_noshare_s" in c]
+    if shared:
+        noshare, ours_s = sum(c["gdn2_noshare_s"] for c in shared), sum(c["gdn2_share_on_s"] for c in shared)
+        report["share_speedup"] = noshare / max(1e-9, ours_s)
+        report["prefill_over_prompt_tokens"] = (sum(c["prefill_tokens"] for c in shared)
+                                                / max(1, sum(c["prompt_tokens"] for c in shared)))
 
 
 def compare(report: dict[str, Any], model, fast, tok, tok_dir: Path, ours, samples: int, hf_batch_size: int,
@@ -92,8 +136,11 @@ def compare(report: dict[str, Any], model, fast, tok, tok_dir: Path, ours, sampl
 
     t_gen = time.perf_counter()
     cells = {(task, length): generate_samples(task, length, samples, tok)
-             for task, lengths in grid.items() for length in lengths}
-    report["sample_generation_s"] = time.perf_counter() - t_gen
+             for task, lengths in grid.items() for length in lengths
+             if f"{task}@{length}" not in report["cells"]}  # a resumed run has some already
+    if not cells:
+        return
+    report["sample_generation_s"] = report.get("sample_generation_s", 0.0) + time.perf_counter() - t_gen
 
     stock = HFLM(pretrained=model, tokenizer=str(tok_dir), batch_size=hf_batch_size, max_length=1 << 20)
     warm = requests_for(next(iter(cells.values()))[:4])  # compile / autotune outside the timings
@@ -149,15 +196,7 @@ def compare(report: dict[str, Any], model, fast, tok, tok_dir: Path, ours, sampl
                         same_prediction=sum(a == b for a, b in zip(p_ours, p_hf)) / len(docs),
                         same_first_16_chars=sum(a[:16] == b[:16] for a, b in zip(p_ours, p_hf)) / len(docs))
         report["cells"][f"{task}@{length}"] = cell
-        both = [c for c in report["cells"].values() if "hf_s" in c]  # the totals so far, kept if the run is cut
-        report["cells_with_both"] = len(both)
-        report["speedup_on_those_cells"] = sum(c["hf_s"] for c in both) / max(1e-9, sum(c["gdn2_s"] for c in both))
-        shared = [c for c in report["cells"].values() if "gdn2_noshare_s" in c]
-        if shared:
-            noshare, ours_s = sum(c["gdn2_noshare_s"] for c in shared), sum(c["gdn2_share_on_s"] for c in shared)
-            report["share_speedup"] = noshare / max(1e-9, ours_s)
-            report["prefill_over_prompt_tokens"] = (sum(c["prefill_tokens"] for c in shared)
-                                                    / max(1, sum(c["prompt_tokens"] for c in shared)))
+        totals(report)
         print(json.dumps({f"{task}@{length}": cell}), flush=True)
         save(report)
 
@@ -227,6 +266,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--profile-cells", default="",
                     help="cells (task@length, comma-separated) to run once more with and without prefix sharing "
                          "under torch.profiler; tables written beside --out")
+    ap.add_argument("--resume", action="store_true",
+                    help="keep the cells (and long sample) already in --out, from an earlier run of this bench on "
+                         "the same GPU, model and sizes that was cut short, and run only the others")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -260,6 +302,7 @@ def main(argv: list[str] | None = None) -> None:
           long_length=args.long_length, hf_budget_s=args.hf_budget_s, grid={t: n for t, n in grid.items() if n},
           label=label, impl=args.impl, share_compare=not args.no_share_compare,
           profile_cells=tuple(c for c in args.profile_cells.split(",") if c), profile_dir=args.out.parent,
+          previous=json.loads(args.out.read_text()) if args.resume and args.out.exists() else None,
           save=lambda report: save(report, args.out, args.dump_fla_configs))
 
 
