@@ -215,6 +215,7 @@ def test_the_prefix_tree_is_exact_for_a_baseline_with_a_fixed_size_state(tokeniz
         lm = _lm("mamba2", tokenizer, share_prefix="on", share_budget=budget, prefill_tokens=32, chunk_tokens=32,
                  batch_size=3)
         assert lm.model.path_record()["prefix_tree"]
+        assert lm.protocol()["impl"] is None  # GDN-2's inference/reference choice does not apply to a baseline
         got = [lp for lp, _ in lm._loglikelihood_tokens(requests, disable_tqdm=True)]
         stats = lm.token_stats
         assert stats["prefill_tokens"] < stats["prompt_tokens"] - 100, stats  # the shared trunk ran once
@@ -245,7 +246,7 @@ def test_a_model_whose_cache_drops_the_state_between_chunks_takes_the_stock_path
     mamba = transformers.MambaForCausalLM(transformers.MambaConfig(vocab_size=VOCAB, hidden_size=64,
                                                                    num_hidden_layers=2, state_size=8)).eval()
     lm = GDN2LM(pretrained=mamba, tokenizer=tokenizer, batch_size=2, device="cpu")
-    assert not lm.adapted and not lm.recurrent
+    assert not lm.adapted and not lm.recurrent and lm.protocol()["impl"] is None
     record = lm.path_record()
     assert record["path"] == "stock-hf" and "does not carry its state across multi-token chunks" in record["why"]
     assert record["layers"] == "recurrent" and lm.position_limit is None

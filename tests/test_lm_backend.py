@@ -80,6 +80,7 @@ def test_auto_sharing_picks_by_saved_context_tokens(tiny_model_dir, monkeypatch)
     """`auto` runs a context once only when that saves enough tokens; otherwise one pass per request."""
     lm = GDN2LM(str(tiny_model_dir), device="cpu", dtype="fp32", batch_size=8)
     assert lm.protocol()["share_prefix"] == "auto"
+    assert lm.protocol()["impl"] == "reference"  # a GDN-2 checkpoint on the CPU: the readable reference model
     used = []
     for name in ("_score", "_score_direct"):
         real = getattr(lm, name)
