@@ -535,8 +535,7 @@ class GDN2LM(HFLM):
         budget = self.share_budget or default_budget(self.model.device)
         walk = PrefixWalk(self.model, prompts, self._pad_id(), self.prefill_tokens, self.batch_size, budget,
                           check=_finite_prefill)
-        if self.share_prefix == "auto" and not tree_pays(total, walk.planned_tokens, len(prompts),
-                                                         self.model.device):
+        if self.share_prefix == "auto" and not tree_pays(total, walk.planned_tokens):
             return None
         return walk
 

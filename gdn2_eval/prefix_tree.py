@@ -29,11 +29,9 @@ from .generation import prefill
 
 # share_prefix="auto" uses the tree for a call only when it saves at least this many prompt tokens
 TREE_MIN_SAVING = 4096
-# ... and, on a GPU, only when the prompts average at least this many tokens: there one packed prefill of short
-# prompts costs less than the walk's extra forwards (results/bench/ruler_h200.json: sharing took 0.33-0.96x the
-# unshared time at 1K-4K, 1.13-1.23x less at 8K, while saving 42-56% of the tokens of single-needle cells). That
-# walk had a snapshot at every branch (20-30 forwards a cell); with the plan below (2-5) it is to be measured again
-TREE_MIN_MEAN_PROMPT_GPU = 6144
+# (On a GPU the walk's fixed cost per forward is weighed by the plan below, not by a length gate: with the plan the
+# walk ran the RULER grid's cells at 1K-8K 0.96-1.37x as fast as the unshared prefill on an H100, where a snapshot
+# at every branch had run them 0.33-0.95x as fast at 1K-4K on an H200; results/bench/model_notes.md.)
 # What one more round (packed forward) of the walk costs, in tokens of prefill: on a GPU ~30-60 ms of launches and
 # small kernels for a 1.3B model at ~150K tokens/s (22-30 rounds cost 0.6-1.4 s more per 1K-2K RULER cell,
 # results/bench/model_notes.md); on the CPU the tokens dominate
@@ -41,12 +39,10 @@ ROUND_COST_TOKENS = {"cuda": 6144, "cpu": 64}
 MAX_ROUNDS = 9  # plans considered: at most this many rounds (snapshot levels + 1)
 
 
-def tree_pays(prompt_tokens: int, tree_run: int, prompts: int, device: torch.device | str) -> bool:
-    """Whether `auto` sharing runs the tree for a call of `prompts` prompts of `prompt_tokens` tokens in all, of
-    which the tree would run `tree_run`."""
-    if prompt_tokens - tree_run < TREE_MIN_SAVING:
-        return False
-    return torch.device(device).type != "cuda" or prompt_tokens >= TREE_MIN_MEAN_PROMPT_GPU * max(1, prompts)
+def tree_pays(prompt_tokens: int, tree_run: int) -> bool:
+    """Whether `auto` sharing runs the tree for a call whose prompts hold `prompt_tokens` tokens in all, of which the
+    planned walk would run `tree_run`."""
+    return prompt_tokens - tree_run >= TREE_MIN_SAVING
 
 
 @dataclass

@@ -31,7 +31,7 @@ def test_bench_compares_the_backends_cell_by_cell_and_saves_after_each_step(tmp_
         assert 0 < cell["prefill_tokens"] <= cell["prompt_tokens"]
     assert 0 < report["prefill_over_prompt_tokens"] <= 1
     assert report["cells_with_both"] == 2
-    assert [len(r["cells"]) for r in saved] == [0, 1, 2]  # the long sample, then one save per cell
+    assert [len(r["cells"]) for r in saved] == [0, 0, 1, 2]  # the long sample, the warm-up, then one per cell
     # the profiled cell: both runs traced, their operator tables written, the shared one with fewer tokens
     profile = report["cells"]["niah_multikey_1@768"]["profile"]
     assert "profile" not in report["cells"]["niah_single_1@768"]
@@ -56,7 +56,7 @@ def test_a_resumed_bench_keeps_the_earlier_cells_and_runs_only_the_others(tmp_pa
     assert list(report["cells"]) == ["niah_single_1@768", "niah_multikey_1@768"]
     assert report["cells"]["niah_single_1@768"] == earlier["cells"]["niah_single_1@768"]  # kept, not rerun
     assert report["resumed_cells"] == 1 and report["earlier_commands"] == [earlier["command"]]
-    assert [len(r["cells"]) for r in saved] == [2]  # one new cell run and saved
+    assert [len(r["cells"]) for r in saved] == [1, 2]  # the warm-up (the kept cell), then the one new cell
     assert report["cells_with_both"] == 2  # the totals count the kept cell too
     with pytest.raises(ResumeMismatch, match="samples_per_cell"):
         bench(model, tmp_path / "tok", samples=3, grid={"niah_single_1": [768]}, save=lambda r: None,

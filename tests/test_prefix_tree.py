@@ -93,17 +93,14 @@ def test_walk_gives_each_prompt_what_it_gets_alone(kind, impl, budget_rows, roun
         assert walk.dropped > 0 and walk.planned_tokens < walk.tokens_run  # restarts further up
 
 
-def test_auto_sharing_runs_the_tree_where_it_pays():
-    """`auto`: at least TREE_MIN_SAVING tokens saved; on a GPU also prompts of TREE_MIN_MEAN_PROMPT_GPU tokens on
-    average (shorter ones prefill faster unshared there, as measured on an H200)."""
-    from gdn2_eval.prefix_tree import TREE_MIN_MEAN_PROMPT_GPU, TREE_MIN_SAVING, tree_pays
+def test_auto_sharing_runs_the_tree_where_it_saves_enough_tokens():
+    """`auto`: the planned walk must save at least TREE_MIN_SAVING tokens (its cost in forwards is in the plan)."""
+    from gdn2_eval.prefix_tree import TREE_MIN_SAVING, tree_pays
 
-    n, short, long = 50, 1000, TREE_MIN_MEAN_PROMPT_GPU + 100
-    assert tree_pays(n * short, n * short - TREE_MIN_SAVING, n, "cpu")
-    assert not tree_pays(n * short, n * short - TREE_MIN_SAVING + 1, n, "cpu")
-    assert not tree_pays(n * short, n * short // 2, n, "cuda")
-    assert tree_pays(n * long, n * long // 2, n, "cuda")
-    assert not tree_pays(n * long, n * long - 10, n, "cuda")
+    n, short = 50, 1000
+    assert tree_pays(n * short, n * short - TREE_MIN_SAVING)
+    assert not tree_pays(n * short, n * short - TREE_MIN_SAVING + 1)
+    assert tree_pays(n * short, n * short // 2)
 
 
 def test_a_spine_of_branches_runs_in_few_rounds_when_rounds_cost():

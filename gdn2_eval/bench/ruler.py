@@ -145,6 +145,7 @@ def compare(report: dict[str, Any], model, fast, tok, tok_dir: Path, ours, sampl
     stock = HFLM(pretrained=model, tokenizer=str(tok_dir), batch_size=hf_batch_size, max_length=1 << 20)
     warm = requests_for(next(iter(cells.values()))[:4])  # compile / autotune outside the timings
     ours.generate_until(warm, disable_tqdm=True), stock.generate_until(warm, disable_tqdm=True)
+    save(report)  # with --dump-fla-configs, what the warm-up tuned is kept even if the first cell is cut off
 
     if next(model.parameters()).is_cuda and callable(getattr(fast, "new_cache", None)):
         # the captured decode step against the eager one on the real model: same kernels, so the same tokens
