@@ -45,6 +45,7 @@ from .hf_adapter import AdaptedLM, NotAdaptable, adapt
 from .loading import load_model, load_tokenizer
 from .model import GDN2Config
 from .prefix_tree import PrefixWalk, default_budget, join, tree_pays
+from .provenance import gdn2_impl
 
 PPL_PROTOCOLS = ("rolling", "carry")
 # Recurrent models have no context limit; lm-eval still asks for one (generation budget arithmetic).
@@ -211,16 +212,8 @@ class GDN2LM(HFLM):
             "chunk_tokens": self.chunk_tokens,
             "prefill_tokens": self.prefill_tokens,
             "share_prefix": self.share_prefix,
-            "impl": self.gdn2_impl,
+            "impl": gdn2_impl(self.model),
         }
-
-    @property
-    def gdn2_impl(self) -> str | None:
-        """How GDN-2 runs: its fused inference path or the reference model; None for other models (fla's and
-        transformers' run their own modules, whichever path the backend takes)."""
-        if type(self.model).__name__ == "GDN2InferenceForCausalLM":
-            return "inference"
-        return "reference" if self.recurrent and not self.adapted else None
 
     def check_fits(self, lengths: list[int], what: str, advice: str | None = None) -> None:
         """A one-line `UserError` when the longest of `lengths` is past the model's positional limit."""

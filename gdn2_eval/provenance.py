@@ -74,6 +74,16 @@ def git_revision() -> str | None:
         return None
 
 
+def gdn2_impl(model: torch.nn.Module) -> str | None:
+    """How a GDN-2 model runs: "reference" (the readable model) or "inference" (packed weights and fused kernels,
+    `gdn2_eval.inference`); None for any other model (fla's and transformers' run their own modules)."""
+    from .model import GDN2Config
+
+    if type(model).__name__ == "GDN2InferenceForCausalLM":
+        return "inference"
+    return "reference" if isinstance(getattr(model, "config", None), GDN2Config) else None
+
+
 def describe_model(model: torch.nn.Module, path: str) -> dict[str, Any]:
     """Identity and size of the evaluated model (GDN-2 details through `gdn2_eval.info`)."""
     from .info import summarise
@@ -92,8 +102,7 @@ def describe_model(model: torch.nn.Module, path: str) -> dict[str, Any]:
     }
     if isinstance(config, GDN2Config):
         s = summarise(desc["name"], config, first.device)
-        # reference: the readable model; inference: packed weights and fused kernels (`gdn2_eval.inference`)
-        impl = "inference" if type(model).__name__ == "GDN2InferenceForCausalLM" else "reference"
+        impl = gdn2_impl(model)
         desc.update(
             family=s.family,
             layout=s.layout,
