@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
@@ -273,29 +272,28 @@ class GDN2LM(HFLM):
         """Score every continuation of a batch of context groups, `cache` and `last` holding one row per group
         (the state after its context and the logits of its last token)."""
         model, dev = self.model, self.device
-        last = last.float()
         self._check_finite(last, [requests[u[0]] for u in batch])
-        first_lp = F.log_softmax(last, -1)
-
         members = [i for unit in batch for i in unit]
         row_of = torch.tensor([r for r, unit in enumerate(batch) for _ in unit], device=dev)
         cache.batch_select_indices(row_of)  # one independent copy of the context state per continuation
         conts = [list(requests[i][2]) for i in members]
         first = torch.tensor([c[0] for c in conts], device=dev)
-        logprob = first_lp[row_of].gather(1, first[:, None])[:, 0].double()
-        greedy = first_lp[row_of].argmax(-1) == first
+        first_lp, greedy = target_scores(last[row_of], first)
+        logprob = first_lp.double()
         inputs, in_mask = pad_batch([c[:-1] for c in conts], side="right", pad=self._pad_id(), device=dev)
         targets, _ = pad_batch([c[1:] for c in conts], side="right", pad=0, device=dev)
+        finite = torch.ones((), dtype=torch.bool, device=dev)
         step = max(1, self.chunk_tokens // len(conts))
         for c0 in range(0, inputs.shape[1], step):
             sl = slice(c0, c0 + step)
             m = in_mask[:, sl].bool()
             logits = model(inputs[:, sl], attention_mask=in_mask[:, sl], past_key_values=cache, use_cache=True).logits
-            self._check_finite(logits[m], [requests[i] for i in members])
-            lp = F.log_softmax(logits.float(), -1)
-            tok_lp = lp.gather(-1, targets[:, sl, None])[..., 0]
-            logprob += (tok_lp * m).sum(1).double()
-            greedy &= ((lp.argmax(-1) == targets[:, sl]) | ~m).all(1)
+            tok_lp, hit = target_scores(logits, targets[:, sl])
+            tok_lp = tok_lp.where(m, 0.0)  # a pad's score never enters a sum, whatever its logits
+            finite &= torch.isfinite(tok_lp).all()
+            logprob += tok_lp.sum(1).double()
+            greedy &= (hit | ~m).all(1)
+        self._raise_unless(finite, [requests[i] for i in members])
         return {i: (float(logprob[r]), bool(greedy[r])) for r, i in enumerate(members)}
 
     @torch.no_grad()
@@ -316,6 +314,7 @@ class GDN2LM(HFLM):
         row = torch.arange(len(members), device=dev)[:, None].expand_as(scored)
         logprob = torch.zeros(len(members), dtype=torch.float64, device=dev)
         wrong = torch.zeros(len(members), dtype=torch.long, device=dev)
+        finite = torch.ones((), dtype=torch.bool, device=dev)
         cache = model.new_cache(len(members))
         step = max(1, self.chunk_tokens // len(members))
         for c0 in range(0, inputs.shape[1], step):
@@ -325,12 +324,11 @@ class GDN2LM(HFLM):
             logits = model(inputs[:, sl], past_key_values=cache, use_cache=True, logits_to_keep=keep).logits
             if keep:
                 continue
-            picked = logits[m].float()
-            self._check_finite(picked, [requests[i] for i in members])
-            lp = F.log_softmax(picked, -1)
-            tgt = targets[:, sl][m]
-            logprob.index_add_(0, row[:, sl][m], lp.gather(1, tgt[:, None])[:, 0].double())
-            wrong.index_add_(0, row[:, sl][m], (lp.argmax(-1) != tgt).long())
+            tok_lp, hit = target_scores(logits[m], targets[:, sl][m])
+            finite &= torch.isfinite(tok_lp).all()
+            logprob.index_add_(0, row[:, sl][m], tok_lp.double())
+            wrong.index_add_(0, row[:, sl][m], (~hit).long())
+        self._raise_unless(finite, [requests[i] for i in members])
         return {i: (float(logprob[r]), bool(wrong[r] == 0)) for r, i in enumerate(members)}
 
     def _context_walk(self, requests) -> PrefixWalk | None:
@@ -385,7 +383,12 @@ class GDN2LM(HFLM):
 
     @staticmethod
     def _check_finite(logits: torch.Tensor, reqs) -> None:
-        if not torch.isfinite(logits).all():
+        GDN2LM._raise_unless(torch.isfinite(logits).all(), reqs)
+
+    @staticmethod
+    def _raise_unless(finite: torch.Tensor, reqs) -> None:
+        """Stop the task, naming the batch's first request, unless `finite` (one flag for a whole batch: one sync)."""
+        if not bool(finite):
             first = reqs[0][0]
             text = repr(first[0][-80:]) if first and first[0] else f"{len(reqs[0][1])}-token context"
             raise NonFiniteLogits(f"NaN or inf in the logits while scoring the request with context ...{text}")
@@ -563,6 +566,15 @@ class GDN2LM(HFLM):
                 waiting = 0
         if ready:
             yield from flush()
+
+
+def target_scores(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probability of each target token under `logits` [..., vocab], in float32, and whether it is the greedy
+    choice. One log-partition per position instead of a whole log-softmax tensor: a NaN or +inf logit anywhere in a
+    row, or a -inf at its target, makes that position's score non-finite, which the callers check."""
+    x = logits.float()
+    lp = x.gather(-1, targets[..., None])[..., 0] - torch.logsumexp(x, -1)
+    return lp, x.argmax(-1) == targets
 
 
 def _finite_prefill(last: torch.Tensor) -> None:

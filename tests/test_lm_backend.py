@@ -7,8 +7,9 @@ import torch
 import torch.nn.functional as F
 from lm_eval.api.instance import Instance
 
+from gdn2_eval import lm_backend
 from gdn2_eval.errors import UserError
-from gdn2_eval.lm_backend import GDN2LM
+from gdn2_eval.lm_backend import GDN2LM, target_scores
 
 from conftest import tiny_model, words
 
@@ -110,15 +111,35 @@ def test_chunked_long_inputs_equal_one_shot(tiny_model_dir):
 def test_log_probabilities_are_formed_chunk_by_chunk(tiny_model_dir, monkeypatch):
     lm = GDN2LM(str(tiny_model_dir), device="cpu", dtype="fp32", chunk_tokens=64)
     sizes = []
-    real = F.log_softmax
+    real = lm_backend.target_scores
 
-    def spy(x, *a, **k):
-        sizes.append(x.numel() // x.shape[-1])
-        return real(x, *a, **k)
+    def spy(logits, targets):
+        sizes.append(logits.numel() // logits.shape[-1])
+        return real(logits, targets)
 
-    monkeypatch.setattr("gdn2_eval.lm_backend.F.log_softmax", spy)
+    monkeypatch.setattr(lm_backend, "target_scores", spy)
     lm.loglikelihood(ll_requests([(words(10, 1), " " + words(500, 2))]))
     assert max(sizes) <= 64  # never more than chunk_tokens positions at once
+
+
+def test_target_scores_match_log_softmax_and_flag_bad_logits():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 5, 50, dtype=torch.bfloat16)
+    targets = torch.randint(0, 50, (3, 5))
+    lp, hit = target_scores(logits, targets)
+    full = F.log_softmax(logits.double(), -1)
+    assert lp.dtype == torch.float32
+    torch.testing.assert_close(lp.double(), full.gather(-1, targets[..., None])[..., 0], rtol=0, atol=1e-5)
+    assert torch.equal(hit, logits.argmax(-1) == targets)
+    bad = logits.float()
+    bad[0, 1, 7] = float("nan")  # anywhere in the row
+    bad[1, 2, 3] = float("inf")
+    bad[2, 0, targets[2, 0]] = float("-inf")  # at the target only
+    bad[2, 3, (targets[2, 3] + 1) % 50] = float("-inf")  # a -inf elsewhere is a zero probability, not an error
+    lp, _ = target_scores(bad, targets)
+    finite = torch.isfinite(lp)
+    assert not finite[0, 1] and not finite[1, 2] and not finite[2, 0] and finite[2, 3]
+    assert int(finite.sum()) == 15 - 3
 
 
 def test_rolling_perplexity_protocols(tiny_model_dir):
