@@ -801,6 +801,10 @@ def bench_ruler(
                                                       "niah_single_1@1k,niah_multikey_1@2k.")] = None,
     resume: Annotated[bool, typer.Option(help="Keep the cells already in --out (an earlier run of the same model, "
                                          "GPU and sizes, cut short) and run only the others.")] = False,
+    warm_every_cell: Annotated[bool, typer.Option(help="Run every cell once untimed per backend before timing it, "
+                                                  "not only the first of each length: for models whose kernels "
+                                                  "autotune on new shapes (fla's without pinned configurations).")]
+    = False,
 ) -> None:
     """The RULER grid through the gdn2 backend and lm-eval's stock hf backend on the same prompts."""
     from .names import check_name
@@ -824,7 +828,8 @@ def bench_ruler(
     bench_main(_bench_argv(out=out, samples=samples, lengths=lengths, model=model, preset=preset, impl=impl,
                            long_length=long_length, dump_fla_configs=dump_fla_configs,
                            profile_cells=",".join(cells) or None)
-               + ([] if share_compare else ["--no-share-compare"]) + (["--resume"] if resume else []))
+               + ([] if share_compare else ["--no-share-compare"]) + (["--resume"] if resume else [])
+               + (["--warm-every-cell"] if warm_every_cell else []))
 
 
 @bench_app.command("backend")

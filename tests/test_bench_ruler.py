@@ -61,3 +61,24 @@ def test_a_resumed_bench_keeps_the_earlier_cells_and_runs_only_the_others(tmp_pa
     with pytest.raises(ResumeMismatch, match="samples_per_cell"):
         bench(model, tmp_path / "tok", samples=3, grid={"niah_single_1": [768]}, save=lambda r: None,
               previous=earlier, **sizes)
+
+
+def test_warm_every_cell_times_each_cell_after_an_untimed_run(tmp_path):
+    import pytest
+
+    from gdn2_eval.bench.ruler import ResumeMismatch, bench
+
+    bpe_tokenizer(600).save_pretrained(tmp_path / "tok")
+    model = tiny_model("recurrent", vocab_size=640)
+    sizes = dict(batch_size=2, hf_batch_size=2, long_length=0, hf_budget_s=1e9, share_compare=False, samples=2)
+    grid = {"niah_single_1": [768], "niah_multikey_1": [768]}
+    report = bench(model, tmp_path / "tok", grid=grid, save=lambda r: None, warm_every_cell=True, **sizes)
+    assert report["warm_every_cell"] is True
+    for cell in report["cells"].values():  # the second cell of the length too
+        assert cell["gdn2_cold_s"] > 0 and cell["hf_cold_s"] > 0 and cell["same_prediction"] == 1.0
+    # an earlier report timed the other way does not resume into this one
+    plain = bench(model, tmp_path / "tok", grid={"niah_single_1": [768]}, save=lambda r: None, **sizes)
+    assert "warm_every_cell" not in plain
+    with pytest.raises(ResumeMismatch, match="warm_every_cell"):
+        bench(model, tmp_path / "tok", grid=grid, save=lambda r: None, previous=json.loads(json.dumps(plain)),
+              warm_every_cell=True, **sizes)

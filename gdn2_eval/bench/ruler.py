@@ -49,14 +49,15 @@ def bench(model, tok_dir: Path, *, samples: int, batch_size: int, hf_batch_size:
           hf_budget_s: float, save, grid: dict[str, list[int]] | None = None,
           label: str | None = None, impl: str = "auto", share_compare: bool = True,
           profile_cells: tuple[str, ...] = (), profile_dir: Path | None = None,
-          previous: dict[str, Any] | None = None) -> dict[str, Any]:
+          previous: dict[str, Any] | None = None, warm_every_cell: bool = False) -> dict[str, Any]:
     """The long sample (skipped when `long_length` is 0), then the comparison over `grid` (default: the paper's; skipped
     when `samples` is 0). With `previous` (the report of an earlier run of the same bench, cut short), its long sample
     and cells are kept and only the others run. `save(report)` is called after every step, so a run cut short by a
     time limit keeps what it measured. The `gdn2` backend runs `model` on the `impl` path; the stock backend runs it
     as given. With `share_compare`, each cell also runs through the gdn2 backend without prefix sharing
     (`gdn2_noshare_s`); the cells named in `profile_cells` (`task@length`) then run once more each way under
-    `torch.profiler`, its tables written to `profile_dir`."""
+    `torch.profiler`, its tables written to `profile_dir`. With `warm_every_cell`, every cell (not only the first of
+    its length) runs once untimed per backend before its timed run."""
     from ..lm_backend import GDN2LM
     from ..ruler import PAPER_GRID, load_tokenizer
     from .backend import for_ours
@@ -68,6 +69,8 @@ def bench(model, tok_dir: Path, *, samples: int, batch_size: int, hf_batch_size:
         "model": label or f"{getattr(model.config, 'preset', None) or 'custom'} (random weights, {weight.dtype})",
         "kernel": getattr(model.config, "kernel", None), "samples_per_cell": samples, "gdn2_batch_size": batch_size,
         "hf_batch_size": hf_batch_size, "command": " ".join(sys.argv), "cells": {}}
+    if warm_every_cell:  # recorded only when on, so that earlier reports resume as they were
+        report["warm_every_cell"] = True
     fast = for_ours(model, impl)
     ours = GDN2LM(pretrained=fast, tokenizer=str(tok_dir), batch_size=batch_size)
     # prefix sharing forced on and off, whatever `auto` (the headline run) decides for each cell
@@ -82,12 +85,13 @@ def bench(model, tok_dir: Path, *, samples: int, batch_size: int, hf_batch_size:
         long_sample(report, tok, ours, long_length, save)
     if samples:
         compare(report, model, fast, tok, tok_dir, ours, samples, hf_batch_size, hf_budget_s, save,
-                PAPER_GRID if grid is None else grid, forced, profile_cells, profile_dir)
+                PAPER_GRID if grid is None else grid, forced, profile_cells, profile_dir, warm_every_cell)
     return report
 
 
 # what must match for an earlier report's cells to stand beside this run's
-RESUME_KEYS = ("device", "model", "kernel", "samples_per_cell", "gdn2_batch_size", "hf_batch_size", "gdn2_impl")
+RESUME_KEYS = ("device", "model", "kernel", "samples_per_cell", "gdn2_batch_size", "hf_batch_size", "gdn2_impl",
+               "warm_every_cell")
 
 
 class ResumeMismatch(UserError):
@@ -126,7 +130,7 @@ def totals(report: dict[str, Any]) -> None:
 
 def compare(report: dict[str, Any], model, fast, tok, tok_dir: Path, ours, samples: int, hf_batch_size: int,
             hf_budget_s: float, save, grid: dict[str, list[int]], forced=None, profile_cells: tuple[str, ...] = (),
-            profile_dir: Path | None = None) -> None:
+            profile_dir: Path | None = None, warm_every_cell: bool = False) -> None:
     """The grid through both backends, cell by cell, into `report["cells"]`; with `forced` (the gdn2 backend with
     prefix sharing on, and off) also with and without sharing, and the tokens the shared run prefilled."""
     from lm_eval.models.huggingface import HFLM
@@ -159,10 +163,12 @@ def compare(report: dict[str, Any], model, fast, tok, tok_dir: Path, ours, sampl
     # The first cell of each length runs twice per backend: its first run compiles kernel variants for the new
     # shapes (Triton specialises on sizes divisible by 16, among others), which later runs on the same machine do
     # not pay. The timings are of the second run there (the first is kept as *_cold_s) and of the only run elsewhere.
+    # A model whose kernels specialise or autotune on more than the length (fla's, where no launch configurations are
+    # pinned for the GPU) needs the untimed run in every cell: `warm_every_cell`.
     spent_hf, seen = 0.0, set()
     for (task, length), docs in cells.items():
         reqs = requests_for(docs)
-        first = length not in seen
+        first = length not in seen or warm_every_cell
         seen.add(length)
         runs = [timed(lambda reqs=reqs: ours.generate_until(reqs, disable_tqdm=True)) for _ in range(1 + first)]
         t_ours, p_ours = runs[-1]
@@ -270,6 +276,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--resume", action="store_true",
                     help="keep the cells (and long sample) already in --out, from an earlier run of this bench on "
                          "the same GPU, model and sizes that was cut short, and run only the others")
+    ap.add_argument("--warm-every-cell", action="store_true",
+                    help="run every cell once untimed per backend before timing it, not only the first of each length")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -304,6 +312,7 @@ def main(argv: list[str] | None = None) -> None:
           label=label, impl=args.impl, share_compare=not args.no_share_compare,
           profile_cells=tuple(c for c in args.profile_cells.split(",") if c), profile_dir=args.out.parent,
           previous=json.loads(args.out.read_text()) if args.resume and args.out.exists() else None,
+          warm_every_cell=args.warm_every_cell,
           save=lambda report: save(report, args.out, args.dump_fla_configs))
 
 
