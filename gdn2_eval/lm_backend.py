@@ -272,7 +272,6 @@ class GDN2LM(HFLM):
         """Score every continuation of a batch of context groups, `cache` and `last` holding one row per group
         (the state after its context and the logits of its last token)."""
         model, dev = self.model, self.device
-        self._check_finite(last, [requests[u[0]] for u in batch])
         members = [i for unit in batch for i in unit]
         row_of = torch.tensor([r for r, unit in enumerate(batch) for _ in unit], device=dev)
         cache.batch_select_indices(row_of)  # one independent copy of the context state per continuation
@@ -280,9 +279,9 @@ class GDN2LM(HFLM):
         first = torch.tensor([c[0] for c in conts], device=dev)
         first_lp, greedy = target_scores(last[row_of], first)
         logprob = first_lp.double()
+        finite = torch.isfinite(first_lp).all()  # the contexts' last logits, then every chunk's: one check at the end
         inputs, in_mask = pad_batch([c[:-1] for c in conts], side="right", pad=self._pad_id(), device=dev)
         targets, _ = pad_batch([c[1:] for c in conts], side="right", pad=0, device=dev)
-        finite = torch.ones((), dtype=torch.bool, device=dev)
         step = max(1, self.chunk_tokens // len(conts))
         for c0 in range(0, inputs.shape[1], step):
             sl = slice(c0, c0 + step)
@@ -380,10 +379,6 @@ class GDN2LM(HFLM):
     def _pad_id(self) -> int:
         tok = self.tokenizer
         return tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
-
-    @staticmethod
-    def _check_finite(logits: torch.Tensor, reqs) -> None:
-        GDN2LM._raise_unless(torch.isfinite(logits).all(), reqs)
 
     @staticmethod
     def _raise_unless(finite: torch.Tensor, reqs) -> None:

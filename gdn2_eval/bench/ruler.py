@@ -168,9 +168,9 @@ def compare(report: dict[str, Any], model, fast, tok, tok_dir: Path, ours, sampl
     spent_hf, seen = 0.0, set()
     for (task, length), docs in cells.items():
         reqs = requests_for(docs)
-        first = length not in seen or warm_every_cell
+        cold_run = length not in seen or warm_every_cell  # an untimed run first
         seen.add(length)
-        runs = [timed(lambda reqs=reqs: ours.generate_until(reqs, disable_tqdm=True)) for _ in range(1 + first)]
+        runs = [timed(lambda reqs=reqs: ours.generate_until(reqs, disable_tqdm=True)) for _ in range(1 + cold_run)]
         t_ours, p_ours = runs[-1]
         cell = {"gdn2_s": t_ours,
                 "gdn2_score": 100 * sum(sample_score(p, d["outputs"]) for p, d in zip(p_ours, docs)) / len(docs)}
@@ -190,13 +190,13 @@ def compare(report: dict[str, Any], model, fast, tok, tok_dir: Path, ours, sampl
                 cell["profile"] = {mode: profiled(lambda reqs=reqs, lm=lm: lm.generate_until(reqs, disable_tqdm=True),
                                                   profile_dir / f"profile_{task}_{length}_share_{mode}.txt")
                                    for mode, lm in (("on", on), ("off", off))}
-        if first:
+        if cold_run:
             cell["gdn2_cold_s"] = runs[0][0]
         if spent_hf < hf_budget_s:
-            runs = [timed(lambda reqs=reqs: stock.generate_until(reqs, disable_tqdm=True)) for _ in range(1 + first)]
+            runs = [timed(lambda reqs=reqs: stock.generate_until(reqs, disable_tqdm=True)) for _ in range(1 + cold_run)]
             t_hf, p_hf = runs[-1]
             spent_hf += sum(t for t, _ in runs)
-            if first:
+            if cold_run:
                 cell["hf_cold_s"] = runs[0][0]
             cell.update(hf_s=t_hf, speedup=t_hf / t_ours,
                         hf_score=100 * sum(sample_score(p, d["outputs"]) for p, d in zip(p_hf, docs)) / len(docs),
