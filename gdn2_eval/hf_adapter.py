@@ -12,9 +12,11 @@ What differs from GDN-2's own model (each recorded with a run, `path_record`):
   fixed size the decode step is captured as a CUDA graph, its new state copied back into fixed buffers each step
   (as GDN-2's reference model does); models with attention keys, which grow, decode eagerly;
 * the prefix tree applies when the state has a fixed size (no attention keys, e.g. Mamba-2, fla's Gated DeltaNet):
-  an edge continuing a snapshot is left-padded, and pads would pass through a recurrent layer's decay, so such a
-  chunk runs in column segments over the rows whose tokens have begun (`_staggered`); models with attention keys
-  share whole contexts across continuations only;
+  an edge continuing a snapshot is left-padded. fla's layers skip masked pads (they unpad into variable-length
+  sequences), so such a chunk is one masked forward; where pads would pass through a recurrent layer's decay
+  (transformers' Mamba-2), it runs in column segments over the rows whose tokens have begun (`_staggered`). A probe
+  at load tells the two apart (`_pads_leave_state`). Models with attention keys share whole contexts across
+  continuations only;
 * a model with no recurrent layer keeps its positional limit (`position_limit`): a longer prompt is an error.
 """
 
@@ -133,6 +135,7 @@ class AdaptedLM(nn.Module):
         self.takes_logits_to_keep = "logits_to_keep" in params
         self.fixed_state_bytes: int | None = None  # bytes per row when the cache does not grow with length
         self.has_attention = True
+        self.pads_skip_state = False  # whether left pads leave a carried state untouched (see `_pads_leave_state`)
         # attention layers read the mask of every column so far; recurrent-only models take this chunk's (Mamba)
         self.cumulative_mask = True
         self._probe()
@@ -177,7 +180,7 @@ class AdaptedLM(nn.Module):
         if attention_mask is None:  # every column real (a decode step): nothing here may wait for the GPU
             return self._call(input_ids, torch.ones_like(input_ids), cache, logits_to_keep, all_real=True)
         step = attention_mask.to(input_ids.device).long()
-        if self.fixed_state and cache.inner is not None and _pads_after_state(step, cache):
+        if self.fixed_state and not self.pads_skip_state and cache.inner is not None and _pads_after_state(step, cache):
             return self._staggered(input_ids, step, cache, logits_to_keep)
         return self._call(input_ids, step, cache, logits_to_keep)
 
@@ -267,7 +270,33 @@ class AdaptedLM(nn.Module):
         grows = cache.nbytes() - first
         self.has_attention = grows > 0
         self.fixed_state_bytes = first if grows == 0 else None
+        if self.fixed_state:
+            self.pads_skip_state = self._pads_leave_state(ids)
         self.state_bytes_per_layer = _state_bytes_per_layer(cache.inner) if self._recurrent else None
+
+    @torch.no_grad()
+    def _pads_leave_state(self, ids: torch.Tensor) -> bool:
+        """Whether the model's own masking keeps left pads away from a carried state (fla's layers unpad a masked
+        chunk into variable-length sequences, each starting from its row's state): then a left-padded chunk over
+        rows holding a state is one forward, not one per segment (`_staggered`). Compared on the first layer's
+        state after 4 tokens, continued by 4 more with and without 32 pads before them: that layer sees the same
+        arithmetic either way when pads are skipped (so bf16 agrees to rounding), and a state decayed through 32
+        pads (transformers' Mamba-2 zeroes the pads' inputs, not their decay) is plainly off."""
+        states = {}
+        for pads in (0, 32):
+            cache = self.new_cache(1)
+            self(ids[:, :4], past_key_values=cache, logits_to_keep=1)
+            chunk = torch.cat([ids.new_zeros(1, pads), ids[:, 4:]], 1)
+            step = torch.cat([ids.new_zeros(1, pads), torch.ones_like(ids[:, 4:])], 1)
+            try:
+                self._call(chunk, step, cache, 1)
+            except ADAPT_ERRORS:
+                return False
+            named = [(name, t) for name, t in _named_tensors(cache.inner) if _is_state(name)]
+            states[pads] = [t.float() for name, t in named if _layer_of(name) == _layer_of(named[0][0])]
+        tol = 1e-5 if next(self.inner.parameters()).dtype == torch.float32 else 1e-2
+        return bool(states[0]) and all(float((a - b).norm() / b.norm().clamp(min=1e-12)) <= tol
+                                       for a, b in zip(states[32], states[0]))
 
     def path_record(self) -> dict[str, Any]:
         """Which path this model takes through the backend, and why (recorded with each run)."""
@@ -287,6 +316,9 @@ class AdaptedLM(nn.Module):
                        "eager (the attention keys grow each step: no fixed buffers for a CUDA graph)"),
             "cuda_graph": self.fixed_state,
             "prefix_tree": self.fixed_state,
+            # how a tree edge continuing a snapshot runs: one masked forward, or in column segments (pads decay)
+            "left_pads": ("masked (the model skips them)" if self.pads_skip_state else "column segments")
+                         if self.fixed_state else None,
             "state_bytes_per_row": self.fixed_state_bytes,
             "chunk_check_rel_err": self.chunk_check_error,  # 8 tokens at once against 4 + 4, at load
             "state_bytes_per_layer": self.state_bytes_per_layer,
@@ -412,11 +444,16 @@ def _has_recurrent_state(inner: Any) -> bool:
     return any(_is_state(name) for name, _ in _named_tensors(inner))
 
 
+def _layer_of(name: str) -> str:
+    """The layer a cache tensor belongs to, from its place in the cache (`layers.3...` or `3...`)."""
+    return name.split(".")[1] if name.startswith("layers.") else name.split(".")[0]
+
+
 def _state_bytes_per_layer(inner: Any) -> dict[str, int]:
     """Bytes of one row's recurrent and conv state per layer (attention keys are not a fixed-size state)."""
     out: dict[str, int] = {}
     for name, t in _named_tensors(inner):
         if _is_state(name):
-            layer = name.split(".")[1] if name.startswith("layers.") else name.split(".")[0]
+            layer = _layer_of(name)
             out[layer] = out.get(layer, 0) + t[0].numel() * t.element_size()
     return out

@@ -215,6 +215,8 @@ def test_the_prefix_tree_is_exact_for_a_baseline_with_a_fixed_size_state(tokeniz
         lm = _lm("mamba2", tokenizer, share_prefix="on", share_budget=budget, prefill_tokens=32, chunk_tokens=32,
                  batch_size=3)
         assert lm.model.path_record()["prefix_tree"]
+        # its pads' decay would reach a carried state: edges continuing snapshots run in column segments
+        assert lm.model.path_record()["left_pads"] == "column segments"
         assert lm.protocol()["impl"] is None  # GDN-2's inference/reference choice does not apply to a baseline
         got = [lp for lp, _ in lm._loglikelihood_tokens(requests, disable_tqdm=True)]
         stats = lm.token_stats

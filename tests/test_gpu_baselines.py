@@ -58,6 +58,7 @@ def test_fla_baselines_take_the_recurrent_aware_path_and_score_as_one_whole_pass
         record = lm.path_record()
         assert lm.adapted and lm.recurrent, record
         assert record["path"] == "recurrent-aware" and record["layers"] == "recurrent", record
+        assert record["left_pads"].startswith("masked"), record  # fla's layers unpad: tree edges run as one forward
         got = [lp for lp, _ in lm._loglikelihood_tokens(requests, disable_tqdm=True)]
         # fla's chunked kernels in float32 sum in another order when the chunk borders move
         torch.testing.assert_close(torch.tensor(got), torch.tensor(whole), rtol=2e-4, atol=2e-3)
