@@ -92,6 +92,17 @@ def tiny_model(kind: str = "hybrid", seed: int = 0, impl: str = "reference", **o
     return model
 
 
+def use_reference_ops(monkeypatch) -> None:
+    """Run the inference model's fused operators as their PyTorch references (`kernels/*/naive.py`), not through
+    Triton's interpreter, for the rest of a test: for tests of what is built around the operators (tree walks, a
+    bench's bookkeeping), repeated over many settings. The Triton kernels are checked against those references in
+    their own tests, and the inference model with them in `test_inference.py` and `test_model.py`."""
+    from gdn2_eval.kernels.fused import fused_ops
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert fused_ops("cpu").kind == "torch"
+
+
 def authors_state_dict(fields: dict, seed: int = 0, prefix: str = "") -> dict[str, torch.Tensor]:
     """A random state dict laid out as the authors' checkpoints are (spec section 5), built from the spec alone."""
     g = torch.Generator().manual_seed(seed)

@@ -1,13 +1,16 @@
-"""The RULER speed bench's bookkeeping, on the CPU with a tiny model (the timings themselves are taken on a GPU)."""
+"""The RULER speed bench's bookkeeping, on the CPU with a tiny model (the timings themselves are taken on a GPU).
+The inference model runs its operators' PyTorch references here (`use_reference_ops`): what is checked is the
+bench, not the kernels."""
 
 from __future__ import annotations
 
 import json
 
-from conftest import bpe_tokenizer, tiny_model
+from conftest import bpe_tokenizer, tiny_model, use_reference_ops
 
 
-def test_bench_compares_the_backends_cell_by_cell_and_saves_after_each_step(tmp_path):
+def test_bench_compares_the_backends_cell_by_cell_and_saves_after_each_step(tmp_path, monkeypatch):
+    use_reference_ops(monkeypatch)
     from gdn2_eval.bench.ruler import bench
 
     bpe_tokenizer(600).save_pretrained(tmp_path / "tok")
@@ -40,7 +43,8 @@ def test_bench_compares_the_backends_cell_by_cell_and_saves_after_each_step(tmp_
         assert "aten::" in (tmp_path / "profiles" / profile[mode]["table"]).read_text()
 
 
-def test_a_resumed_bench_keeps_the_earlier_cells_and_runs_only_the_others(tmp_path):
+def test_a_resumed_bench_keeps_the_earlier_cells_and_runs_only_the_others(tmp_path, monkeypatch):
+    use_reference_ops(monkeypatch)
     import pytest
 
     from gdn2_eval.bench.ruler import ResumeMismatch, bench
@@ -63,7 +67,8 @@ def test_a_resumed_bench_keeps_the_earlier_cells_and_runs_only_the_others(tmp_pa
               previous=earlier, **sizes)
 
 
-def test_warm_every_cell_times_each_cell_after_an_untimed_run(tmp_path):
+def test_warm_every_cell_times_each_cell_after_an_untimed_run(tmp_path, monkeypatch):
+    use_reference_ops(monkeypatch)
     import pytest
 
     from gdn2_eval.bench.ruler import ResumeMismatch, bench
@@ -82,3 +87,28 @@ def test_warm_every_cell_times_each_cell_after_an_untimed_run(tmp_path):
     with pytest.raises(ResumeMismatch, match="warm_every_cell"):
         bench(model, tmp_path / "tok", grid=grid, save=lambda r: None, previous=json.loads(json.dumps(plain)),
               warm_every_cell=True, **sizes)
+
+
+def test_divergence_margins_measure_the_logit_gap_where_two_predictions_part(tmp_path):
+    import torch
+
+    from gdn2_eval.bench.ruler import divergence_margins
+    from gdn2_eval.ruler import generate_samples, load_tokenizer, prompt_ids
+
+    bpe_tokenizer(600).save_pretrained(tmp_path / "tok")
+    tok = load_tokenizer(str(tmp_path / "tok"))
+    model = tiny_model("recurrent", vocab_size=640)
+    docs = generate_samples("niah_single_1", 768, 2, tok)
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([prompt_ids(docs[1], tok)])).logits[0, -1].float()
+    # the two likeliest tokens whose text re-tokenises to themselves (what a generated prediction would be)
+    picks = [t for t in logits.argsort(descending=True).tolist()
+             if tok(tok.decode([t]), add_special_tokens=False)["input_ids"] == [t]][:2]
+    a, b = (tok.decode([t]) for t in picks)
+    margins = divergence_margins(model, tok, docs, ["same", a], ["same", b])
+    assert len(margins) == 1  # the identical row is not counted
+    expected = float((logits[picks[0]] - logits[picks[1]]).abs() / logits.abs().max())
+    assert margins[0] > 0 and abs(margins[0] - expected) < 1e-6
+    # a shared first token: the gap is taken one token later, after it, so it differs from the first one
+    later = divergence_margins(model, tok, docs, ["", a + a], ["", a + b])
+    assert len(later) == 1 and later[0] is not None and abs(later[0] - expected) > 1e-6

@@ -85,10 +85,21 @@ def test_incremental_decoding_equals_full_forward(kind, impl):
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("kind", ["hybrid", "recurrent"])
 def test_generate_with_cache_equals_recomputing_20_greedy_tokens(kind, impl):
+    """transformers' `generate` carries the model's cache (whatever name the installed version gives it): the
+    prompt once, then one token per step, and the tokens of recomputing everything at every step."""
     model = tiny_model(kind, impl=impl)
     prompt = torch.randint(4, 250, (1, 30))
+    fed, forward = [], model.forward
+
+    def counting(*args, **kwargs):
+        fed.append(kwargs["input_ids"].shape[1])
+        return forward(*args, **kwargs)
+
+    model.forward = counting
     with torch.no_grad():
         generated = model.generate(prompt, max_new_tokens=20, do_sample=False, eos_token_id=None, pad_token_id=0)
+        del model.forward
+        assert fed == [30] + [1] * 19
         seq = prompt
         for _ in range(20):  # no cache: the whole sequence again at every step
             seq = torch.cat((seq, model(seq).logits[:, -1].argmax(-1, keepdim=True)), 1)

@@ -24,6 +24,9 @@ from ..errors import UserError
 from ..results_store import atomic_write
 
 GEN = {"until": [], "max_gen_toks": 128, "do_sample": False, "temperature": 0.0}
+# Two greedy runs that part where the two tokens' logits (in the model's plain forward) are this close, relative to the
+# largest logit, part on a near-tie: bf16 keeps 8 significant bits, so this is four of its rounding steps.
+NEAR_TIE = 2.0**-6
 
 
 def requests_for(docs: list[dict]) -> list:
@@ -120,6 +123,10 @@ def totals(report: dict[str, Any]) -> None:
     both = [c for c in cells if "hf_s" in c]
     report["cells_with_both"] = len(both)
     report["speedup_on_those_cells"] = sum(c["hf_s"] for c in both) / max(1e-9, sum(c["gdn2_s"] for c in both))
+    counted = [c for c in both if "differing_rows" in c]  # cells of earlier reports may not have the count
+    if counted:
+        report["differing_rows"] = sum(c["differing_rows"] for c in counted)
+        report["near_tie_rows"] = sum(c["near_tie_rows"] for c in counted)
     shared = [c for c in cells if "gdn2_noshare_s" in c]
     if shared:
         noshare, ours_s = sum(c["gdn2_noshare_s"] for c in shared), sum(c["gdn2_share_on_s"] for c in shared)
@@ -202,10 +209,41 @@ def compare(report: dict[str, Any], model, fast, tok, tok_dir: Path, ours, sampl
                         hf_score=100 * sum(sample_score(p, d["outputs"]) for p, d in zip(p_hf, docs)) / len(docs),
                         same_prediction=sum(a == b for a, b in zip(p_ours, p_hf)) / len(docs),
                         same_first_16_chars=sum(a[:16] == b[:16] for a, b in zip(p_ours, p_hf)) / len(docs))
+            margins = divergence_margins(model, tok, docs, p_ours, p_hf)
+            cell.update(differing_rows=len(margins),
+                        near_tie_rows=sum(m is not None and m <= NEAR_TIE for m in margins),
+                        divergence_margins=[None if m is None else round(m, 5) for m in margins])
         report["cells"][f"{task}@{length}"] = cell
         totals(report)
         print(json.dumps({f"{task}@{length}": cell}), flush=True)
         save(report)
+
+
+@torch.no_grad()
+def divergence_margins(model, tok, docs: list[dict], preds_a: list[str], preds_b: list[str]) -> list[float | None]:
+    """For each row whose two predictions differ: where they first differ by token, the gap between the logits of
+    the two tokens chosen there, over the largest logit's magnitude, from one plain forward of `model` over the
+    prompt and the shared part (a gap at or under `NEAR_TIE` is a near-tie). The predictions are re-tokenised, which
+    gives the generated ids back for text that the tokenizer round-trips; None where they cannot be told apart by
+    token (the texts differ but their token ids do not, or one is a prefix of the other with no end token)."""
+    from ..ruler import prompt_ids
+
+    eos = tok.eos_token_id
+    device = next(model.parameters()).device
+    margins: list[float | None] = []
+    for doc, a, b in zip(docs, preds_a, preds_b):
+        if a == b:
+            continue
+        ids_a, ids_b = (tok(p, add_special_tokens=False)["input_ids"] for p in (a, b))
+        j = next((i for i, (x, y) in enumerate(zip(ids_a, ids_b)) if x != y), min(len(ids_a), len(ids_b)))
+        pick_a, pick_b = (ids[j] if j < len(ids) else eos for ids in (ids_a, ids_b))
+        if pick_a is None or pick_b is None or pick_a == pick_b:
+            margins.append(None)
+            continue
+        context = torch.tensor([prompt_ids(doc, tok) + ids_a[:j]], device=device)
+        logits = model(input_ids=context).logits[0, -1].float()
+        margins.append(float((logits[pick_a] - logits[pick_b]).abs() / logits.abs().max().clamp_min(1e-30)))
+    return margins
 
 
 def profiled(fn, table: Path) -> dict[str, Any]:

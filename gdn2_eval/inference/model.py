@@ -32,7 +32,7 @@ from ..kernels.gates.naive import GateLayout
 from ..model import GDN2Cache, GDN2ForCausalLM
 from ..model.gdn2_layer import GDN2Mixer
 from ..model.layout import TokenLayout
-from ..model.modeling_gdn2 import GDN2PreTrainedModel
+from ..model.modeling_gdn2 import CACHE_FIELD, GDN2PreTrainedModel
 
 
 def _frozen(t: torch.Tensor) -> nn.Parameter:
@@ -288,12 +288,14 @@ class GDN2InferenceForCausalLM(GDN2PreTrainedModel, GenerationMixin):
         logits_to_keep: int | torch.Tensor = 0,
         return_dict: bool | None = None,
         packed: bool = False,
+        cache: GDN2Cache | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         """As `GDN2ForCausalLM.forward`. Every call runs packed (`packed` is accepted for the same interface), except
         a one-token step on a cache that has seen tokens: one row per cache row, states updated in place."""
-        use_cache = use_cache if use_cache is not None else past_key_values is not None
-        cache = past_key_values if use_cache else None
+        cache = past_key_values if cache is None else cache
+        use_cache = use_cache if use_cache is not None else cache is not None
+        cache = cache if use_cache else None
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         B, T = x.shape[:2]
         if use_cache and cache is None:
@@ -334,4 +336,4 @@ class GDN2InferenceForCausalLM(GDN2PreTrainedModel, GenerationMixin):
             loss = F.cross_entropy(
                 logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten().to(logits.device), ignore_index=-100
             )
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=cache)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, **{CACHE_FIELD: cache})

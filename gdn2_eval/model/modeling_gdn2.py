@@ -23,6 +23,10 @@ from .layout import TokenLayout
 from .modules import RMSNorm, SwiGLU
 from .swa import SlidingWindowAttention
 
+# transformers' generation hands the cache back to the model as `cache` since it renamed `past_key_values` (after
+# 5.17); the models take either name and return the cache in the output field the installed version reads back
+CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+
 
 class GDN2Block(nn.Module):
     """x = x + mixer(RMSNorm(x)); x = x + MLP(RMSNorm(x))."""
@@ -151,10 +155,11 @@ class GDN2ForCausalLM(GDN2PreTrainedModel, GenerationMixin):
         logits_to_keep: int | torch.Tensor = 0,
         return_dict: bool | None = None,
         packed: bool = False,
+        cache: GDN2Cache | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
-        use_cache = use_cache if use_cache is not None else past_key_values is not None
-        cache = past_key_values
+        cache = past_key_values if cache is None else cache
+        use_cache = use_cache if use_cache is not None else cache is not None
         if use_cache and cache is None:
             batch = (input_ids if input_ids is not None else inputs_embeds).shape[0]
             cache = self.new_cache(batch)
@@ -166,7 +171,7 @@ class GDN2ForCausalLM(GDN2PreTrainedModel, GenerationMixin):
             loss = F.cross_entropy(
                 logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten().to(logits.device), ignore_index=-100
             )
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=cache if use_cache else None)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, **{CACHE_FIELD: cache if use_cache else None})
 
     def prepare_inputs_for_generation(
         self,
@@ -176,9 +181,11 @@ class GDN2ForCausalLM(GDN2PreTrainedModel, GenerationMixin):
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool = True,
         logits_to_keep: int | None = None,
+        cache: GDN2Cache | None = None,
         **kwargs,
     ) -> dict:
-        inputs: dict = {"past_key_values": past_key_values, "attention_mask": attention_mask, "use_cache": use_cache}
+        past_key_values = past_key_values if cache is None else cache
+        inputs: dict = {CACHE_FIELD: past_key_values, "attention_mask": attention_mask, "use_cache": use_cache}
         if past_key_values is not None and past_key_values.seen_columns > 0:
             inputs["input_ids"] = input_ids[:, past_key_values.seen_columns :]
         elif inputs_embeds is not None:
