@@ -6,11 +6,17 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from conftest import bpe_tokenizer, tiny_model, use_reference_ops
 
 
-def test_bench_compares_the_backends_cell_by_cell_and_saves_after_each_step(tmp_path, monkeypatch):
+@pytest.fixture(autouse=True)
+def _reference_ops(monkeypatch):
     use_reference_ops(monkeypatch)
+
+
+def test_bench_compares_the_backends_cell_by_cell_and_saves_after_each_step(tmp_path):
     from gdn2_eval.bench.ruler import bench
 
     bpe_tokenizer(600).save_pretrained(tmp_path / "tok")
@@ -43,8 +49,7 @@ def test_bench_compares_the_backends_cell_by_cell_and_saves_after_each_step(tmp_
         assert "aten::" in (tmp_path / "profiles" / profile[mode]["table"]).read_text()
 
 
-def test_a_resumed_bench_keeps_the_earlier_cells_and_runs_only_the_others(tmp_path, monkeypatch):
-    use_reference_ops(monkeypatch)
+def test_a_resumed_bench_keeps_the_earlier_cells_and_runs_only_the_others(tmp_path):
     import pytest
 
     from gdn2_eval.bench.ruler import ResumeMismatch, bench
@@ -67,8 +72,7 @@ def test_a_resumed_bench_keeps_the_earlier_cells_and_runs_only_the_others(tmp_pa
               previous=earlier, **sizes)
 
 
-def test_warm_every_cell_times_each_cell_after_an_untimed_run(tmp_path, monkeypatch):
-    use_reference_ops(monkeypatch)
+def test_warm_every_cell_times_each_cell_after_an_untimed_run(tmp_path):
     import pytest
 
     from gdn2_eval.bench.ruler import ResumeMismatch, bench
@@ -109,6 +113,11 @@ def test_divergence_margins_measure_the_logit_gap_where_two_predictions_part(tmp
     assert len(margins) == 1  # the identical row is not counted
     expected = float((logits[picks[0]] - logits[picks[1]]).abs() / logits.abs().max())
     assert margins[0] > 0 and abs(margins[0] - expected) < 1e-6
-    # a shared first token: the gap is taken one token later, after it, so it differs from the first one
+    # a shared first token: the gap is taken one token later, from the logits after the prompt and that token
+    assert [tok(p, add_special_tokens=False)["input_ids"] for p in (a + a, a + b)] == [picks[:1] * 2, picks]
+    with torch.no_grad():
+        after = model(input_ids=torch.tensor([prompt_ids(docs[1], tok) + picks[:1]])).logits[0, -1].float()
+    expected_later = float((after[picks[0]] - after[picks[1]]).abs() / after.abs().max())
     later = divergence_margins(model, tok, docs, ["", a + a], ["", a + b])
-    assert len(later) == 1 and later[0] is not None and abs(later[0] - expected) > 1e-6
+    assert len(later) == 1 and later[0] is not None and abs(later[0] - expected_later) < 1e-6
+    assert abs(expected_later - expected) > 1e-6  # a different position from the first case's
