@@ -310,7 +310,8 @@ def main(argv: list[str] | None = None) -> None:
                          "files (what kernels/configs/fla/<GPU>/ keeps): a run cut short keeps what it tuned")
     ap.add_argument("--profile-cells", default="",
                     help="cells (task@length, comma-separated) to run once more with and without prefix sharing "
-                         "under torch.profiler; tables written beside --out")
+                         "under torch.profiler; tables written to a folder beside --out named "
+                         "for it (so two benches writing to one folder keep their own)")
     ap.add_argument("--resume", action="store_true",
                     help="keep the cells (and long sample) already in --out, from an earlier run of this bench on "
                          "the same GPU, model and sizes that was cut short, and run only the others")
@@ -348,7 +349,7 @@ def main(argv: list[str] | None = None) -> None:
     bench(model.eval(), tok_dir, samples=args.samples, batch_size=args.batch_size, hf_batch_size=args.hf_batch_size,
           long_length=args.long_length, hf_budget_s=args.hf_budget_s, grid={t: n for t, n in grid.items() if n},
           label=label, impl=args.impl, share_compare=not args.no_share_compare,
-          profile_cells=tuple(c for c in args.profile_cells.split(",") if c), profile_dir=args.out.parent,
+          profile_cells=tuple(c for c in args.profile_cells.split(",") if c), profile_dir=args.out.with_suffix(""),
           previous=json.loads(args.out.read_text()) if args.resume and args.out.exists() else None,
           warm_every_cell=args.warm_every_cell,
           save=lambda report: save(report, args.out, args.dump_fla_configs))
