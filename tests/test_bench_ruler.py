@@ -121,3 +121,35 @@ def test_divergence_margins_measure_the_logit_gap_where_two_predictions_part(tmp
     later = divergence_margins(model, tok, docs, ["", a + a], ["", a + b])
     assert len(later) == 1 and later[0] is not None and abs(later[0] - expected_later) < 1e-6
     assert abs(expected_later - expected) > 1e-6  # a different position from the first case's
+
+
+def test_reference_ties_weigh_the_gap_against_the_low_precision_error(tmp_path):
+    import copy
+
+    import torch
+
+    from gdn2_eval.bench.ruler import reference_ties
+    from gdn2_eval.ruler import generate_samples, load_tokenizer, prompt_ids
+
+    bpe_tokenizer(600).save_pretrained(tmp_path / "tok")
+    tok = load_tokenizer(str(tmp_path / "tok"))
+    reference = tiny_model("recurrent", vocab_size=640)
+    low = copy.deepcopy(reference).to(torch.bfloat16)
+    docs = generate_samples("niah_single_1", 768, 1, tok)
+    context = torch.tensor([prompt_ids(docs[0], tok)])
+    with torch.no_grad():
+        ref, lo = (m(input_ids=context).logits[0, -1].float() for m in (reference, low))
+    order = [t for t in ref.argsort(descending=True).tolist()
+             if tok(tok.decode([t]), add_special_tokens=False)["input_ids"] == [t]]
+    scale = ref.abs().max()
+    error = float((lo - ref).abs().max() / scale)
+    assert error > 0  # bf16 moves the logits
+    # the likeliest token against the nearest one (a tie within bf16's error) and against the least likely one
+    for other in (order[1], order[-1]):
+        a, b = (tok.decode([t]) for t in (order[0], other))
+        (row,) = reference_ties(low, reference, tok, docs, [a], [b])
+        gap = float((ref[order[0]] - ref[other]).abs() / scale)
+        assert abs(row["gap"] - gap) < 1e-6 and abs(row["error"] - error) < 1e-6
+        assert row["tie"] == (gap <= 2 * error)
+    assert not row["tie"]  # the least likely token is far beyond bf16's error
+    assert reference_ties(low, reference, tok, docs, [a], [a]) == []  # equal predictions are not counted

@@ -11,6 +11,7 @@ same lm-eval `generate_until` requests; predictions and RULER scores are compare
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import tempfile
@@ -79,6 +80,8 @@ def bench(model, tok_dir: Path, *, samples: int, batch_size: int, hf_batch_size:
     # prefix sharing forced on and off, whatever `auto` (the headline run) decides for each cell
     forced = tuple(GDN2LM(pretrained=fast, tokenizer=str(tok_dir), batch_size=batch_size, share_prefix=mode)
                    for mode in ("on", "off")) if share_compare else None
+    # the model in float32, where it is not already: what tells a tie that precision decides from a real difference
+    reference = copy.deepcopy(model).float() if weight.dtype != torch.float32 else None
     report["gdn2_impl"] = ours.protocol()["impl"]
     report["backend_path"] = ours.path_record()
     if previous is not None:
@@ -88,7 +91,7 @@ def bench(model, tok_dir: Path, *, samples: int, batch_size: int, hf_batch_size:
         long_sample(report, tok, ours, long_length, save)
     if samples:
         compare(report, model, fast, tok, tok_dir, ours, samples, hf_batch_size, hf_budget_s, save,
-                PAPER_GRID if grid is None else grid, forced, profile_cells, profile_dir, warm_every_cell)
+                PAPER_GRID if grid is None else grid, forced, profile_cells, profile_dir, warm_every_cell, reference)
     return report
 
 
@@ -127,6 +130,10 @@ def totals(report: dict[str, Any]) -> None:
     if counted:
         report["differing_rows"] = sum(c["differing_rows"] for c in counted)
         report["near_tie_rows"] = sum(c["near_tie_rows"] for c in counted)
+    weighed = [c for c in both if "precision_tie_rows" in c]
+    if weighed:
+        report["precision_tie_rows"] = sum(c["precision_tie_rows"] for c in weighed)
+        report["differing_rows_weighed"] = sum(c["differing_rows"] for c in weighed)
     shared = [c for c in cells if "gdn2_noshare_s" in c]
     if shared:
         noshare, ours_s = sum(c["gdn2_noshare_s"] for c in shared), sum(c["gdn2_share_on_s"] for c in shared)
@@ -137,7 +144,7 @@ def totals(report: dict[str, Any]) -> None:
 
 def compare(report: dict[str, Any], model, fast, tok, tok_dir: Path, ours, samples: int, hf_batch_size: int,
             hf_budget_s: float, save, grid: dict[str, list[int]], forced=None, profile_cells: tuple[str, ...] = (),
-            profile_dir: Path | None = None, warm_every_cell: bool = False) -> None:
+            profile_dir: Path | None = None, warm_every_cell: bool = False, reference=None) -> None:
     """The grid through both backends, cell by cell, into `report["cells"]`; with `forced` (the gdn2 backend with
     prefix sharing on, and off) also with and without sharing, and the tokens the shared run prefilled."""
     from lm_eval.models.huggingface import HFLM
@@ -213,37 +220,71 @@ def compare(report: dict[str, Any], model, fast, tok, tok_dir: Path, ours, sampl
             cell.update(differing_rows=len(margins),
                         near_tie_rows=sum(m is not None and m <= NEAR_TIE for m in margins),
                         divergence_margins=[None if m is None else round(m, 5) for m in margins])
+            if reference is not None:
+                ties = reference_ties(model, reference, tok, docs, p_ours, p_hf)
+                cell.update(precision_tie_rows=sum(bool(t and t["tie"]) for t in ties),
+                            reference_ties=[t and {k: round(v, 5) if isinstance(v, float) else v for k, v in t.items()}
+                                            for t in ties])
         report["cells"][f"{task}@{length}"] = cell
         totals(report)
         print(json.dumps({f"{task}@{length}": cell}), flush=True)
         save(report)
 
 
-@torch.no_grad()
-def divergence_margins(model, tok, docs: list[dict], preds_a: list[str], preds_b: list[str]) -> list[float | None]:
-    """For each row whose two predictions differ: where they first differ by token, the gap between the logits of
-    the two tokens chosen there, over the largest logit's magnitude, from one plain forward of `model` over the
-    prompt and the shared part (a gap at or under `NEAR_TIE` is a near-tie). The predictions are re-tokenised, which
-    gives the generated ids back for text that the tokenizer round-trips; None where they cannot be told apart by
-    token (the texts differ but their token ids do not, or one is a prefix of the other with no end token)."""
+def divergence_points(tok, docs: list[dict], preds_a: list[str], preds_b: list[str]) -> list[tuple | None]:
+    """For each row whose two predictions differ: (the prompt and the shared part as token ids, the token each
+    prediction chose next). The predictions are re-tokenised, which gives the generated ids back for text that the
+    tokenizer round-trips; None where they cannot be told apart by token (the texts differ but their token ids do
+    not, or one is a prefix of the other with no end token)."""
     from ..ruler import prompt_ids
 
     eos = tok.eos_token_id
-    device = next(model.parameters()).device
-    margins: list[float | None] = []
+    points: list[tuple | None] = []
     for doc, a, b in zip(docs, preds_a, preds_b):
         if a == b:
             continue
         ids_a, ids_b = (tok(p, add_special_tokens=False)["input_ids"] for p in (a, b))
         j = next((i for i, (x, y) in enumerate(zip(ids_a, ids_b)) if x != y), min(len(ids_a), len(ids_b)))
         pick_a, pick_b = (ids[j] if j < len(ids) else eos for ids in (ids_a, ids_b))
-        if pick_a is None or pick_b is None or pick_a == pick_b:
-            margins.append(None)
+        ok = pick_a is not None and pick_b is not None and pick_a != pick_b
+        points.append((prompt_ids(doc, tok) + ids_a[:j], pick_a, pick_b) if ok else None)
+    return points
+
+
+@torch.no_grad()
+def _last_logits(model, context: list[int]) -> torch.Tensor:
+    device = next(model.parameters()).device
+    return model(input_ids=torch.tensor([context], device=device)).logits[0, -1].float()
+
+
+def _gap(logits: torch.Tensor, a: int, b: int) -> float:
+    return float((logits[a] - logits[b]).abs() / logits.abs().max().clamp_min(1e-30))
+
+
+def divergence_margins(model, tok, docs: list[dict], preds_a: list[str], preds_b: list[str]) -> list[float | None]:
+    """For each row whose two predictions differ (`divergence_points`): the gap between the logits of the two tokens
+    chosen where they part, over the largest logit's magnitude, from one plain forward of `model` over the prompt and
+    the shared part (a gap at or under `NEAR_TIE` is a near-tie)."""
+    return [None if p is None else _gap(_last_logits(model, p[0]), p[1], p[2])
+            for p in divergence_points(tok, docs, preds_a, preds_b)]
+
+
+def reference_ties(model, reference, tok, docs: list[dict], preds_a: list[str],
+                   preds_b: list[str]) -> list[dict[str, float] | None]:
+    """For each row whose two predictions differ, where they part: the gap of the two chosen tokens' logits in
+    `reference` (the model in float32) and the error of `model`'s logits there (the largest difference from the
+    reference's), both over the reference's largest logit. Each of two low-precision runs is off by about that
+    error, so a gap of at most twice it is a tie that precision decides: `tie`."""
+    rows: list[dict[str, float] | None] = []
+    for p in divergence_points(tok, docs, preds_a, preds_b):
+        if p is None:
+            rows.append(None)
             continue
-        context = torch.tensor([prompt_ids(doc, tok) + ids_a[:j]], device=device)
-        logits = model(input_ids=context).logits[0, -1].float()
-        margins.append(float((logits[pick_a] - logits[pick_b]).abs() / logits.abs().max().clamp_min(1e-30)))
-    return margins
+        ref, low = _last_logits(reference, p[0]), _last_logits(model, p[0])
+        gap = _gap(ref, p[1], p[2])
+        error = float((low - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
+        rows.append({"gap": gap, "error": error, "tie": gap <= 2 * error})
+    return rows
 
 
 def profiled(fn, table: Path) -> dict[str, Any]:
