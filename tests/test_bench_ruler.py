@@ -50,8 +50,6 @@ def test_bench_compares_the_backends_cell_by_cell_and_saves_after_each_step(tmp_
 
 
 def test_a_resumed_bench_keeps_the_earlier_cells_and_runs_only_the_others(tmp_path):
-    import pytest
-
     from gdn2_eval.bench.ruler import ResumeMismatch, bench
 
     bpe_tokenizer(600).save_pretrained(tmp_path / "tok")
@@ -73,8 +71,6 @@ def test_a_resumed_bench_keeps_the_earlier_cells_and_runs_only_the_others(tmp_pa
 
 
 def test_warm_every_cell_times_each_cell_after_an_untimed_run(tmp_path):
-    import pytest
-
     from gdn2_eval.bench.ruler import ResumeMismatch, bench
 
     bpe_tokenizer(600).save_pretrained(tmp_path / "tok")
@@ -144,7 +140,7 @@ def test_reference_ties_weigh_the_gap_against_the_low_precision_error(tmp_path):
     scale = ref.abs().max()
     error = float((lo - ref).abs().max() / scale)
     assert error > 0  # bf16 moves the logits
-    # the likeliest token against the nearest one (a tie within bf16's error) and against the least likely one
+    # the likeliest token against the next likeliest and against the least likely
     for other in (order[1], order[-1]):
         a, b = (tok.decode([t]) for t in (order[0], other))
         (row,) = reference_ties(low, reference, tok, docs, [a], [b])

@@ -80,8 +80,6 @@ def bench(model, tok_dir: Path, *, samples: int, batch_size: int, hf_batch_size:
     # prefix sharing forced on and off, whatever `auto` (the headline run) decides for each cell
     forced = tuple(GDN2LM(pretrained=fast, tokenizer=str(tok_dir), batch_size=batch_size, share_prefix=mode)
                    for mode in ("on", "off")) if share_compare else None
-    # the model in float32, where it is not already: what tells a tie that precision decides from a real difference
-    reference = copy.deepcopy(model).float() if weight.dtype != torch.float32 else None
     report["gdn2_impl"] = ours.protocol()["impl"]
     report["backend_path"] = ours.path_record()
     if previous is not None:
@@ -90,6 +88,8 @@ def bench(model, tok_dir: Path, *, samples: int, batch_size: int, hf_batch_size:
     if long_length and report.get("long_sample", {}).get("length") != long_length:
         long_sample(report, tok, ours, long_length, save)
     if samples:
+        # the model in float32, where it is not already: what tells a tie that precision decides from a difference
+        reference = copy.deepcopy(model).float() if weight.dtype != torch.float32 else None
         compare(report, model, fast, tok, tok_dir, ours, samples, hf_batch_size, hf_budget_s, save,
                 PAPER_GRID if grid is None else grid, forced, profile_cells, profile_dir, warm_every_cell, reference)
     return report
